@@ -1,0 +1,94 @@
+"""Sample sheets: read a user's manifest TSV, validate it, and write the workflow's sheet.
+
+Columns (tab-separated): ``slide_id``, ``patient_id``, ``label``, and ``path`` or ``url``;
+optional ``md5``, ``size`` and any attribute columns (kept as they are). Relative paths are
+taken relative to the manifest file."""
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from histosynth.utils import UserError, atomic_path
+
+REQUIRED = ("slide_id", "patient_id", "label")
+SLIDE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+SHEET_COLUMNS = ["slide_id", "patient_id", "label", "source", "md5", "size", "path"]
+
+
+def read_manifest(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"manifest {path} does not exist (config key acquire.manifest)")
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise UserError(f"manifest {path}: missing column(s) {missing}; it has {list(df.columns)}. "
+                        f"Required: {list(REQUIRED)} and 'path' or 'url' (tab-separated).")
+    if "path" not in df.columns and "url" not in df.columns:
+        raise UserError(f"manifest {path}: needs a 'path' or a 'url' column")
+    if df.empty:
+        raise UserError(f"manifest {path} lists no slides")
+    bad = [s for s in df["slide_id"] if not SLIDE_ID.match(s)]
+    if bad:
+        raise UserError(f"manifest {path}: slide_id must match [A-Za-z0-9_-]+ (used in file names); bad: {bad[:5]}")
+    dup = df["slide_id"][df["slide_id"].duplicated()].tolist()
+    if dup:
+        raise UserError(f"manifest {path}: duplicate slide_id(s) {dup[:5]}")
+    for col in ("patient_id", "label"):
+        empty = df["slide_id"][df[col].str.strip() == ""].tolist()
+        if empty:
+            raise UserError(f"manifest {path}: empty {col} for slide(s) {empty[:5]}")
+    sources = []
+    for _, row in df.iterrows():
+        src = (row.get("url") or "").strip() or (row.get("path") or "").strip()
+        if not src:
+            raise UserError(f"manifest {path}: slide {row['slide_id']} has neither path nor url")
+        if not urlparse(src).scheme or len(urlparse(src).scheme) == 1:
+            p = Path(src)
+            src = str(p if p.is_absolute() else (path.parent / p).resolve())
+        sources.append(src)
+    out = df.drop(columns=[c for c in ("path", "url") if c in df.columns]).copy()
+    out["source"] = sources
+    if "md5" not in out.columns:
+        out["md5"] = ""
+    if "size" not in out.columns:
+        out["size"] = ""
+    bad_md5 = out["slide_id"][(out["md5"] != "") & ~out["md5"].str.fullmatch(r"[0-9a-fA-F]{32}")].tolist()
+    if bad_md5:
+        raise UserError(f"manifest {path}: md5 is not 32 hex digits for slide(s) {bad_md5[:5]}")
+    return out
+
+
+def local_slide_path(slide_dir, slide_id: str, source: str) -> str:
+    """Where a slide is stored locally: ``<slide_dir>/<slide_id><original extension>``.
+
+    The original extension is kept because OpenSlide needs it for some formats (.ndpi)."""
+    name = PurePosixPath(urlparse(source).path).name
+    suffix = "".join(PurePosixPath(name).suffixes[-1:]).lower() or ".svs"
+    if not re.fullmatch(r"\.[a-z0-9]+", suffix):
+        suffix = ".svs"
+    return str(Path(slide_dir) / f"{slide_id}{suffix}")
+
+
+def write_sample_sheet(df: pd.DataFrame, slide_dir, out) -> pd.DataFrame:
+    df = df.copy()
+    df["path"] = [local_slide_path(slide_dir, s, src) for s, src in zip(df["slide_id"], df["source"])]
+    extra = [c for c in df.columns if c not in SHEET_COLUMNS]
+    df = df[SHEET_COLUMNS + extra]
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, sep="\t", index=False)
+    return df
+
+
+def read_sample_sheet(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"sample sheet {path} does not exist; run the acquire_query rule first")
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    missing = [c for c in ("slide_id", "patient_id", "label", "path") if c not in df.columns]
+    if missing:
+        raise UserError(f"sample sheet {path}: missing column(s) {missing}")
+    return df

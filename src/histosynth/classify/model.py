@@ -1,0 +1,105 @@
+"""The downstream tile classifier: a torchvision architecture trained from scratch (or from
+user-supplied weights) with the usual histology augmentations (flips, 90° rotations, mild
+colour jitter). The same code serves the augmentation study and the reference classifier
+behind the domain feature extractor and concordance."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from histosynth.utils import UserError
+
+
+def build(arch: str, num_classes: int, weights: str | None = None) -> nn.Module:
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    except (ValueError, KeyError):
+        raise UserError(f"classify.arch {arch!r} is not a torchvision model (e.g. resnet18, mobilenet_v3_small)") from None
+    if weights:
+        sd = torch.load(weights, map_location="cpu", weights_only=True)
+        sd = {k: v for k, v in sd.items() if not k.startswith(("fc.", "classifier."))}
+        missing = model.load_state_dict(sd, strict=False)
+        if len(missing.missing_keys) > 4:
+            raise UserError(f"classify.weights {weights}: does not fit {arch} ({len(missing.missing_keys)} keys missing)")
+    return model
+
+
+def penultimate(model: nn.Module) -> nn.Module:
+    """The model with its last linear layer replaced by identity (for feature extraction)."""
+    import copy
+
+    m = copy.deepcopy(model)
+    if hasattr(m, "fc"):
+        m.fc = nn.Identity()
+    elif hasattr(m, "classifier"):
+        m.classifier[-1] = nn.Identity()
+    else:
+        raise UserError("cannot find the classifier head to remove for feature extraction")
+    return m
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    x = x.rot90(k, dims=(2, 3))
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    b = (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.2
+    cst = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.2
+    mean = x.mean(dim=[1, 2, 3], keepdim=True)
+    return (x - mean) * cst + mean + b
+
+
+def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
+    return x_uint8.float() / 127.5 - 1
+
+
+def train(tiles_uint8: np.ndarray, labels: np.ndarray, num_classes: int, opts: dict, seed: int, device="cpu",
+          progress=False) -> nn.Module:
+    """Train for exactly ``opts['steps']`` steps of ``opts['batch']`` tiles, classes balanced,
+    whatever the training set's size: every arm of the study gets the same budget."""
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = build(opts["arch"], num_classes, opts.get("weights")).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts["lr"], total_steps=opts["steps"])
+    x_all = torch.from_numpy(tiles_uint8).permute(0, 3, 1, 2)
+    y_all = torch.from_numpy(labels.astype(np.int64))
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = torch.as_tensor(1.0 / np.maximum(counts[labels], 1))
+    model.train()
+    for _ in tqdm(range(opts["steps"]), desc="classifier", disable=not progress):
+        idx = torch.multinomial(w, opts["batch"], replacement=True, generator=gen)
+        x = _augment(normalise(x_all[idx]), gen).to(device)
+        loss = F.cross_entropy(model(x), y_all[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, tiles_uint8: np.ndarray, device="cpu", batch=256) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(tiles_uint8), batch):
+        x = normalise(torch.from_numpy(tiles_uint8[i:i + batch]).permute(0, 3, 1, 2)).to(device)
+        out.append(torch.softmax(model(x), 1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+@torch.no_grad()
+def features(model: nn.Module, tiles_uint8: np.ndarray, device="cpu", batch=256) -> np.ndarray:
+    feat = penultimate(model).to(device).eval()
+    out = []
+    for i in range(0, len(tiles_uint8), batch):
+        x = normalise(torch.from_numpy(tiles_uint8[i:i + batch]).permute(0, 3, 1, 2)).to(device)
+        out.append(feat(x).flatten(1).double().cpu())
+    return torch.cat(out).numpy()

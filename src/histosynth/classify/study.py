@@ -1,0 +1,156 @@
+"""The augmentation study: does adding synthetic tiles help a classifier on real patients?
+
+Arms (``classify.arms``):
+  real                 the real training tiles only
+  synthetic            synthetic tiles only, as many as there are real training tiles
+  mixed                real + ``r`` x as many synthetic tiles, one arm per ratio r
+  (each also at the ``classify.real_fractions`` < 1: a low-data setting keeping that share
+  of the training *patients*, drawn per seed)
+
+Every arm trains the same architecture for the same number of steps and is tested on the same
+held-out real test patients, which neither the GAN nor any classifier saw (checked)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from histosynth.classify import model as clf
+from histosynth.classify.stats import arm_metrics
+from histosynth.slides.store import load_tiles
+from histosynth.split.patients import check_disjoint
+from histosynth.utils import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _labels(df, classes):
+    unknown = sorted(set(df["label"]) - set(classes))
+    if unknown:
+        raise UserError(f"labels {unknown} are not among the training classes {classes}")
+    return np.array([classes.index(v) for v in df["label"]])
+
+
+def real_sets(tiles: pd.DataFrame, train_partitions):
+    tiles = tiles[tiles["kept"]] if "kept" in tiles.columns else tiles
+    train = tiles[tiles["partition"].isin(train_partitions)].reset_index(drop=True)
+    test = tiles[tiles["partition"] == "test"].reset_index(drop=True)
+    if train.empty or test.empty:
+        raise UserError(f"the study needs real training and test tiles (have {len(train)} train, {len(test)} test)")
+    check_disjoint(train, test)
+    return train, test
+
+
+def arm_names(opts):
+    names = []
+    for frac in opts["real_fractions"]:
+        suffix = "" if frac == 1 else f"@{int(round(frac * 100))}%"
+        for arm in opts["arms"]:
+            if arm == "mixed":
+                names += [(f"mixed_x{r:g}{suffix}", "mixed", r, frac) for r in opts["synthetic_ratio"]]
+            else:
+                names.append((f"{arm}{suffix}", arm, 1.0, frac))
+    return names
+
+
+def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patients, opts: dict, device="cpu",
+              progress=True):
+    """Returns (predictions DataFrame, {arm: metrics})."""
+    from tqdm import tqdm
+
+    train, test = real_sets(tiles, opts["train_partitions"])
+    leaked = sorted(set(test["patient_id"]) & set(gan_training_patients))
+    if leaked:
+        raise UserError(f"test patient(s) {leaked[:5]} were in the GAN's training set; the study would be biased. "
+                        f"Retrain the GAN on the current split.")
+    classes = sorted(train["label"].unique())
+    x_train, y_train = load_tiles(train), _labels(train, classes)
+    x_test, y_test = load_tiles(test), _labels(test, classes)
+    synthetic = synthetic.reset_index(drop=True)
+    x_syn, y_syn = load_tiles(synthetic), _labels(synthetic, classes)
+    preds, metrics = [], {}
+    arms = arm_names(opts)
+    jobs = [(a, s) for a in arms for s in opts["seeds"]]
+    for (name, kind, ratio, frac), seed in tqdm(jobs, desc="augmentation study", unit="model", disable=not progress):
+        rng = np.random.default_rng(seed)
+        pats = np.array(sorted(train["patient_id"].unique()))
+        if frac < 1:
+            keep = []
+            for c in classes:  # keep the fraction within each class, at least one patient
+                pc = np.array(sorted(train.loc[train["label"] == c, "patient_id"].unique()))
+                keep += list(rng.choice(pc, max(1, int(round(frac * len(pc)))), replace=False))
+            pats = np.array(keep)
+        real_idx = np.flatnonzero(train["patient_id"].isin(pats).to_numpy())
+        n_real = len(real_idx)
+        n_syn = 0 if kind == "real" else int(round((ratio if kind == "mixed" else 1.0) * n_real))
+        if n_syn > len(synthetic):
+            raise UserError(f"arm {name} needs {n_syn} synthetic tiles but only {len(synthetic)} were generated; "
+                            f"raise generate.per_class")
+        syn_idx = _balanced_pick(y_syn, n_syn, rng, len(classes))
+        parts_x, parts_y = [], []
+        if kind != "synthetic":
+            parts_x.append(x_train[real_idx]); parts_y.append(y_train[real_idx])
+        if n_syn:
+            parts_x.append(x_syn[syn_idx]); parts_y.append(y_syn[syn_idx])
+        model = clf.train(np.concatenate(parts_x), np.concatenate(parts_y), len(classes), opts, seed, device)
+        prob = clf.predict(model, x_test, device)
+        p = pd.DataFrame(prob, columns=[f"p{i}" for i in range(len(classes))])
+        p["y"] = y_test
+        p["patient_id"] = test["patient_id"].to_numpy()
+        p["slide_id"] = test["slide_id"].to_numpy()
+        p["arm"], p["seed"] = name, seed
+        p["n_train_real"] = 0 if kind == "synthetic" else n_real
+        p["n_train_synthetic"] = n_syn
+        preds.append(p)
+    pred = pd.concat(preds, ignore_index=True)
+    for name, *_ in arms:
+        sub = pred[pred["arm"] == name]
+        m = arm_metrics(sub, n_boot=opts["bootstrap"])
+        m["n_train_real"] = int(sub["n_train_real"].iloc[0])
+        m["n_train_synthetic"] = int(sub["n_train_synthetic"].iloc[0])
+        metrics[name] = m
+    return pred, metrics, classes
+
+
+def _balanced_pick(y, n, rng, n_classes):
+    if n == 0:
+        return np.zeros(0, int)
+    per = [np.flatnonzero(y == c) for c in range(n_classes)]
+    out = []
+    for c, ids in enumerate(per):
+        k = n // n_classes + (1 if c < n % n_classes else 0)
+        out.append(rng.choice(ids, k, replace=k > len(ids)))
+    return np.concatenate(out)
+
+
+def train_reference(tiles: pd.DataFrame, opts: dict, device="cpu"):
+    """The reference classifier: real training tiles only, seed 0. Behind the domain extractor
+    and concordance. Returns (model, classes, validation metrics on the val patients if any)."""
+    tiles = tiles[tiles["kept"]] if "kept" in tiles.columns else tiles
+    train = tiles[tiles["partition"] == "train"].reset_index(drop=True)
+    val = tiles[tiles["partition"] == "val"].reset_index(drop=True)
+    classes = sorted(train["label"].unique())
+    model = clf.train(load_tiles(train), _labels(train, classes), len(classes), opts, 0, device)
+    val_metrics = None
+    if len(val) and val["label"].nunique() > 1:
+        from histosynth.classify.stats import tile_metrics
+
+        val_metrics = tile_metrics(_labels(val, classes), clf.predict(model, load_tiles(val), device))
+    return model, classes, val_metrics
+
+
+def save_reference(model, classes, opts, val_metrics, path):
+    from histosynth.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "arch": opts["arch"], "classes": classes,
+                    "val_metrics": val_metrics}, tmp)
+
+
+def load_reference(path, device="cpu"):
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model = clf.build(ck["arch"], len(ck["classes"]))
+    model.load_state_dict(ck["state_dict"])
+    return model.to(device).eval(), ck["classes"], ck

@@ -1,0 +1,55 @@
+"""Feature extractors for the generative metrics.
+
+* ``inception-v3``: torch-fidelity's TF-compatible Inception-v3 (pool3, 2048-d), the network
+  behind published FIDs. Its weights are loaded from a local file (``evaluate.inception_weights``),
+  fetched once by the ``fetch_inception`` rule with a SHA-256 check.
+* ``domain``: the penultimate layer of this run's reference classifier, trained from scratch on
+  the cohort's real training tiles. Needs no download; its numbers are comparable only within
+  one run (same extractor), never with published FIDs.
+
+Real and fake tiles pass through identical resizing (each extractor resizes internally).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from histosynth.utils import UserError
+
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 "weights-inception-2015-12-05-6726825d.pth")
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch-fidelity names the file by its hash prefix
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def inception_extractor(weights_path):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    p = Path(weights_path) if weights_path else None
+    if p is None or not p.is_file():
+        raise UserError(
+            f"the inception-v3 extractor needs its weights file, and {p} does not exist. Run "
+            f"`snakemake fetch_inception` on a machine with internet (it downloads {INCEPTION_URL} and checks "
+            f"its SHA-256), or copy that file to the path in evaluate.inception_weights. Offline, use "
+            f"evaluate.extractors: [domain].")
+    return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(p))
+
+
+@torch.no_grad()
+def inception_features(extractor, tiles_uint8: np.ndarray, batch=64, device="cpu") -> np.ndarray:
+    extractor = extractor.to(device).eval()
+    out = []
+    for i in range(0, len(tiles_uint8), batch):
+        x = torch.from_numpy(tiles_uint8[i:i + batch]).permute(0, 3, 1, 2).contiguous().to(device)
+        out.append(extractor(x)[0].double().cpu())
+    return torch.cat(out).numpy()

@@ -1,0 +1,88 @@
+"""The evaluate stage: FID, KID, precision/recall, per-class FID, a real-vs-real floor, and
+concordance, for one generated set against the real tiles the GAN was trained on.
+
+Protocol (so numbers are comparable within a run):
+* the real reference set is split in two halves by patient (by tile if a class has a single
+  patient; recorded); FID(fake, real half A) and the floor FID(real half B, real half A)
+  use the same number of samples n on each side, since FID is biased by n;
+* fewer than ``min_samples`` per side is refused unless ``allow_small`` (then flagged);
+  fewer than 10,000 is warned about.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from histosynth.evaluate import metrics as M
+from histosynth.utils import UserError
+
+log = logging.getLogger(__name__)
+
+
+def real_halves(real: pd.DataFrame, seed=0):
+    rng = np.random.default_rng(seed)
+    a_idx, b_idx, how = [], [], "patient"
+    for _, grp in real.groupby("label"):
+        pats = np.array(sorted(grp["patient_id"].unique()))
+        if len(pats) >= 2:
+            rng.shuffle(pats)
+            a_p = set(pats[: len(pats) // 2 + len(pats) % 2])
+            a_idx += list(grp.index[grp["patient_id"].isin(a_p)])
+            b_idx += list(grp.index[~grp["patient_id"].isin(a_p)])
+        else:
+            how = "tile"
+            ids = rng.permutation(grp.index.to_numpy())
+            a_idx += list(ids[: len(ids) // 2]); b_idx += list(ids[len(ids) // 2:])
+    return np.array(a_idx), np.array(b_idx), how
+
+
+def evaluate_features(f_real: pd.DataFrame, feats_real: np.ndarray, f_fake: pd.DataFrame, feats_fake: np.ndarray,
+                      opts: dict, extractor: str) -> dict:
+    a, b, how = real_halves(f_real, opts["seed"])
+    pos = {k: i for i, k in enumerate(f_real.index)}
+    a = np.array([pos[i] for i in a]); b = np.array([pos[i] for i in b])
+    rng = np.random.default_rng(opts["seed"])
+    n = min(len(a), len(b), len(feats_fake))
+    if opts.get("max_samples"):
+        n = min(n, opts["max_samples"])
+    small = n < opts["min_samples"]
+    if small and not opts["allow_small"]:
+        raise UserError(f"FID with {n} samples per side is below evaluate.min_samples ({opts['min_samples']}); "
+                        f"such FIDs are strongly biased. Add slides/tiles, generate more, or set "
+                        f"evaluate.allow_small: true to compute it anyway (it is flagged in the report).")
+    if n < 10000:
+        log.warning("[%s] FID from %d samples per side (< 10,000): compare only with the floor computed here", extractor, n)
+    ra, rb = rng.choice(a, n, replace=False), rng.choice(b, n, replace=False)
+    fk = rng.choice(len(feats_fake), n, replace=False)
+    out = {"extractor": extractor, "n_real": int(n), "n_fake": int(n), "halves_split_by": how,
+           "below_min_samples": bool(small)}
+    out["fid"] = M.fid(feats_real[ra], feats_fake[fk])
+    out["fid_real_vs_real"] = M.fid(feats_real[ra], feats_real[rb])
+    km, ks = M.kid(feats_real[ra], feats_fake[fk], subsets=opts["kid_subsets"], subset_size=opts["kid_subset_size"])
+    out["kid_mean"], out["kid_std"] = km, ks
+    fm, fs = M.kid(feats_real[ra], feats_real[rb], subsets=opts["kid_subsets"], subset_size=opts["kid_subset_size"])
+    out["kid_real_vs_real"] = fm
+    pr_n = min(n, opts["pr_max_samples"])
+    out["precision"], out["recall"] = M.precision_recall(feats_real[ra[:pr_n]], feats_fake[fk[:pr_n]], k=opts["pr_k"])
+    per = {}
+    for label in sorted(f_real["label"].unique()):
+        r = np.flatnonzero(f_real["label"].to_numpy() == label)
+        f = np.flatnonzero(f_fake["label"].to_numpy() == label)
+        nn = min(len(r), len(f))
+        if nn >= 2:
+            per[label] = {"fid": M.fid(feats_real[rng.choice(r, nn, replace=False)], feats_fake[rng.choice(f, nn, replace=False)]),
+                          "n": int(nn)}
+    out["per_class_fid"] = {k: v["fid"] for k, v in per.items()}
+    out["per_class_n"] = {k: v["n"] for k, v in per.items()}
+    return out
+
+
+def concordance(prob: np.ndarray, intended: np.ndarray, strong_threshold: float) -> dict:
+    """Share of generated tiles the real-trained classifier assigns to their intended class
+    (weak), and with probability at least `strong_threshold` (strong)."""
+    pred = prob.argmax(1)
+    p_int = prob[np.arange(len(prob)), intended]
+    return {"weak": float((pred == intended).mean()), "strong": float((p_int >= strong_threshold).mean()),
+            "strong_threshold": strong_threshold, "n": int(len(prob))}

@@ -1,0 +1,89 @@
+"""The conditioning spec: how a tile's metadata becomes the GAN's condition vector ``c``.
+
+Saved inside every network checkpoint, so generation needs nothing else.
+
+* ``class``: one-hot of one categorical column (default ``label``).
+* ``attributes``: concatenated one-hots of several categorical columns (AttributeGAN-style).
+* ``vector``: numeric columns taken as they are (e.g. an expression embedding).
+* ``none``: unconditional.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from histosynth.utils import UserError
+
+
+@dataclass
+class ConditioningSpec:
+    kind: str
+    columns: list = field(default_factory=list)
+    categories: dict = field(default_factory=dict)  # column -> sorted category list
+
+    @property
+    def dim(self) -> int:
+        if self.kind in ("class", "attributes"):
+            return sum(len(self.categories[c]) for c in self.columns)
+        if self.kind == "vector":
+            return len(self.columns)
+        return 0
+
+    @classmethod
+    def fit(cls, kind: str, index: pd.DataFrame, columns=None) -> "ConditioningSpec":
+        if kind == "none":
+            return cls("none")
+        if kind == "class":
+            columns = list(columns or ["label"])[:1]
+        if not columns:
+            raise UserError(f"gan.conditioning: {kind} needs gan.condition_columns")
+        missing = [c for c in columns if c not in index.columns]
+        if missing:
+            raise UserError(f"gan.condition_columns {missing} are not columns of the tile index / sample sheet "
+                            f"(have: {sorted(index.columns)})")
+        if kind in ("class", "attributes"):
+            cats = {c: sorted(map(str, index[c].unique())) for c in columns}
+            return cls(kind, list(columns), cats)
+        if kind == "vector":
+            return cls(kind, list(columns))
+        raise UserError(f"unknown gan.conditioning {kind!r}; use class, attributes, vector or none")
+
+    def encode(self, df: pd.DataFrame) -> np.ndarray:
+        n = len(df)
+        if self.kind == "none":
+            return np.zeros((n, 0), np.float32)
+        if self.kind == "vector":
+            return df[self.columns].to_numpy(np.float32)
+        parts = []
+        for c in self.columns:
+            cats = self.categories[c]
+            vals = df[c].astype(str).to_numpy()
+            unknown = sorted(set(vals) - set(cats))
+            if unknown:
+                raise UserError(f"condition column {c!r}: value(s) {unknown[:5]} were not seen in training ({cats})")
+            onehot = np.zeros((n, len(cats)), np.float32)
+            onehot[np.arange(n), [cats.index(v) for v in vals]] = 1
+            parts.append(onehot)
+        return np.concatenate(parts, 1)
+
+    def conditions(self) -> list[dict]:
+        """Every named condition to sample (classes; for attributes, all combinations)."""
+        if self.kind in ("class", "attributes"):
+            combos = [{}]
+            for c in self.columns:
+                combos = [dict(d, **{c: v}) for d in combos for v in self.categories[c]]
+            return combos
+        return [{}]
+
+    @staticmethod
+    def name(cond: dict) -> str:
+        return ",".join(f"{v}" for v in cond.values()) or "all"
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)

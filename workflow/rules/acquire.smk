@@ -1,0 +1,49 @@
+rule demo_slides:
+    output:
+        manifest=DEMO_MANIFEST,
+    log:
+        "logs/demo_slides.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        opts=opts("demo"),
+    shell:
+        "histosynth -q demo-slides --options {params.opts:q} --outdir {config[demo][outdir]} "
+        "--manifest {output.manifest} > {log} 2>&1"
+
+
+checkpoint acquire_query:
+    input:
+        manifest=manifest_input,
+    output:
+        sheet="results/acquire/slides.tsv",
+    log:
+        "logs/acquire_query.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        opts=opts("acquire"),
+    shell:
+        "histosynth -q acquire-query --options {params.opts:q} --manifest {input.manifest} --out {output.sheet} > {log} 2>&1"
+
+
+rule download:
+    input:
+        sheet="results/acquire/slides.tsv",
+    output:
+        slide=config["acquire"]["slide_dir"] + "/{slide}.{ext}",
+    wildcard_constraints:
+        ext="[a-z0-9]+",
+    log:
+        "logs/download/{slide}.{ext}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    retries: 1
+    params:
+        opts=opts("acquire"),
+    shell:
+        "histosynth -q download --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
+        "--out {output.slide} > {log} 2>&1"

@@ -1,0 +1,21 @@
+rule classify:
+    input:
+        tiles="results/split/tiles.parquet",
+        synthetic=f"results/generate/{GAN}/synthetic.parquet",
+        network=f"results/gan/{GAN}/network.pt",
+    output:
+        study="results/classify/study.json",
+        predictions="results/classify/predictions.parquet",
+        plot=report("results/classify/study.png", caption="../report/study.rst", category="Augmentation study"),
+    log:
+        "logs/classify.log",
+    benchmark:
+        "benchmarks/classify.tsv"
+    threads: 2
+    resources:
+        mem_mb=12000,
+    params:
+        opts=opts("classify"),
+    shell:
+        "histosynth -q classify --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
+        "--network {input.network} --outdir results/classify > {log} 2>&1"

@@ -1,0 +1,54 @@
+rule train_reference:
+    input:
+        tiles="results/split/tiles.parquet",
+    output:
+        model="results/evaluate/reference_classifier.pt",
+    log:
+        "logs/train_reference.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+    params:
+        opts=opts("classify"),
+    shell:
+        "histosynth -q train-reference --options {params.opts:q} --tiles {input.tiles} --out {output.model} > {log} 2>&1"
+
+
+rule fetch_inception:
+    output:
+        config["evaluate"]["inception_weights"],
+    log:
+        "logs/fetch_inception.log",
+    params:
+        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    shell:
+        "python -m histosynth.evaluate.fetch_weights {params.url:q} {output} > {log} 2>&1"
+
+
+def evaluate_inputs(wildcards):
+    inputs = {
+        "tiles": "results/split/tiles.parquet",
+        "synthetic": f"results/generate/{GAN}/synthetic.parquet",
+        "reference": "results/evaluate/reference_classifier.pt",
+    }
+    if "inception-v3" in config["evaluate"]["extractors"]:
+        inputs["weights"] = config["evaluate"]["inception_weights"]
+    return inputs
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        metrics=f"results/evaluate/{GAN}/metrics.json",
+    log:
+        f"logs/evaluate/{GAN}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+    params:
+        opts=opts("evaluate"),
+        partitions=" ".join(config["gan"]["train_partitions"]),
+    shell:
+        "histosynth -q evaluate --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
+        "--reference {input.reference} --real-partitions {params.partitions} --out {output.metrics} > {log} 2>&1"

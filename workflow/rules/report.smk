@@ -1,0 +1,23 @@
+rule report:
+    input:
+        sheet="results/acquire/slides.tsv",
+        tiles="results/split/tiles.parquet",
+        stats=f"results/gan/{GAN}/stats.jsonl",
+        metrics=f"results/evaluate/{GAN}/metrics.json",
+        blend=f"results/evaluate/{GAN}/blend.png",
+        study="results/classify/study.json",
+        thumbs=all_qc_thumbs,
+    output:
+        json="results/report/summary.json",
+        html=report("results/report/summary.html", caption="../report/summary.rst", category="Summary"),
+    log:
+        "logs/report.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        run_name=config["run_name"],
+    shell:
+        "histosynth -q report --sheet {input.sheet} --tiles {input.tiles} --gan-dir results/gan/{GAN} "
+        "--gan-run {GAN} --metrics {input.metrics} --study {input.study} --qc-dir results/tiles/qc "
+        "--out-json {output.json} --out-html {output.html} --run-name {params.run_name:q} > {log} 2>&1"

@@ -1,0 +1,40 @@
+rule tile:
+    input:
+        sheet="results/acquire/slides.tsv",
+        slide=slide_path,
+    output:
+        store="results/tiles/{slide}.tiff",
+        index="results/tiles/{slide}.parquet",
+        thumb="results/tiles/qc/{slide}.png",
+    log:
+        "logs/tile/{slide}.log",
+    benchmark:
+        "benchmarks/tile/{slide}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        opts=opts("tiles"),
+    shell:
+        "histosynth -q tile --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
+        "--slide {input.slide} --store {output.store} --index {output.index} --thumb {output.thumb} "
+        "--threads {threads} > {log} 2>&1"
+
+
+rule split:
+    input:
+        sheet="results/acquire/slides.tsv",
+        indexes=all_tile_indexes,
+    output:
+        split="results/split/split.tsv",
+        tiles="results/split/tiles.parquet",
+    log:
+        "logs/split.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        opts=opts("split"),
+    shell:
+        "histosynth -q split --options {params.opts:q} --sheet {input.sheet} --indexes {input.indexes} "
+        "--out-split {output.split} --out-tiles {output.tiles} > {log} 2>&1"
