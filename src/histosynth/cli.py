@@ -289,6 +289,9 @@ def main(argv=None):
     p.add_argument("--gan-run", default="stylegan2-class"); p.add_argument("--run-name", default="histosynth")
     p.set_defaults(fn=cmd_report)
 
+    p = sub.add_parser("config-doc", help="print the configuration reference (config/README.md) from the schema")
+    p.set_defaults(fn=lambda a: print(__import__("histosynth.config").config.schema_markdown()))
+
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
     try:

@@ -59,3 +59,32 @@ def load_config(path=None, overrides: dict | None = None) -> dict:
     for k, v in (overrides or {}).items():
         cfg[k] = v
     return validate(cfg, str(path or "config"))
+
+
+def schema_markdown() -> str:
+    """config/README.md, generated from the schema (a test keeps the file equal to this)."""
+    schema = yaml.safe_load(schema_path().read_text())
+    lines = ["# Configuration reference", "",
+             "Generated from `workflow/schemas/config.schema.yaml` by `histosynth config-doc > config/README.md`;",
+             "a test fails if this file and the schema disagree. Every key is optional: the default applies.",
+             "Invalid values stop the workflow before any job runs, with the key named.", ""]
+
+    def fmt(v):
+        return "`" + (yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()) + "`"
+
+    for section, sub in schema["properties"].items():
+        if sub.get("type") != "object":
+            lines += [f"## `{section}`", "", f"{sub.get('description', '')} Default: {fmt(sub.get('default'))}.", ""]
+            continue
+        lines += [f"## `{section}`", ""]
+        if sub.get("description"):
+            lines += [sub["description"], ""]
+        lines += ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+        for key, spec in sub["properties"].items():
+            allowed = " / ".join(f"`{e}`" for e in spec["enum"]) if "enum" in spec else (
+                spec.get("type") if isinstance(spec.get("type"), str) else " or ".join(spec.get("type", [])))
+            if spec.get("items", {}).get("enum"):
+                allowed = "list of " + " / ".join(f"`{e}`" for e in spec["items"]["enum"])
+            lines.append(f"| `{section}.{key}` | {fmt(spec.get('default'))} | {allowed} | {spec.get('description', '')} |")
+        lines.append("")
+    return "\n".join(lines)

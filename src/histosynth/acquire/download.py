@@ -68,7 +68,8 @@ def safe_filename(name: str) -> str:
 def content_disposition_filename(header: str | None) -> str | None:
     if not header:
         return None
-    m = re.search(r"filename\*=(?:UTF-8'')?([^;]+)", header, re.I) or re.search(r'filename="?([^";]+)"?', header, re.I)
+    m = (re.search(r"filename\*=(?:UTF-8'')?([^;]+)", header, re.I) or re.search(r'filename="([^"]*)"', header, re.I)
+         or re.search(r"filename=([^;]+)", header, re.I))
     return safe_filename(m.group(1).strip()) if m else None
 
 

@@ -72,6 +72,12 @@ def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patient
     x_syn, y_syn = load_tiles(synthetic), _labels(synthetic, classes)
     preds, metrics = [], {}
     arms = arm_names(opts)
+    ratios = [r if k == "mixed" else 1.0 for _, k, r, _ in arms if k != "real"]
+    need = int(round(max(ratios, default=0) * len(train)))
+    if need > len(synthetic):
+        raise UserError(f"the study needs up to {need} synthetic tiles (ratio {max(ratios)} x {len(train)} real training "
+                        f"tiles) but {len(synthetic)} were generated; raise generate.per_class to at least "
+                        f"{-(-need // max(1, synthetic['label'].nunique()))}")
     jobs = [(a, s) for a in arms for s in opts["seeds"]]
     for (name, kind, ratio, frac), seed in tqdm(jobs, desc="augmentation study", unit="model", disable=not progress):
         rng = np.random.default_rng(seed)

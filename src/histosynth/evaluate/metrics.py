@@ -2,7 +2,7 @@
 
 * FID (Heusel et al.): Fréchet distance between Gaussians fitted to the two feature sets.
 * KID (Bińkowski et al.): unbiased MMD² with the cubic polynomial kernel, averaged over
-  random subsets; the subset size never exceeds either set.
+  random subsets; the subset size never exceeds half of the smaller set.
 * Precision / recall (Kynkäänniemi et al. 2019): k-NN manifold membership.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ def statistics(feats: np.ndarray):
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6) -> float:
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma1.shape[0]) * eps
         covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
@@ -34,7 +34,8 @@ def kid(real_feats, fake_feats, subsets=100, subset_size=1000, seed=0):
     """(mean, std) of the unbiased polynomial-kernel MMD² over random subsets."""
     x = np.asarray(real_feats, np.float64)
     y = np.asarray(fake_feats, np.float64)
-    m = min(subset_size, len(x), len(y))
+    # Subsets of at most half the smaller set, so that they differ and the std means something.
+    m = min(subset_size, min(len(x), len(y)) // 2)
     if m < 2:
         raise ValueError("KID needs at least 2 samples on each side")
     d = x.shape[1]

@@ -45,12 +45,17 @@ def generate(network, outdir, per_class: int, *, truncation=1.0, seed0=0, batch=
         name = spec.name(cond)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
         store, index = outdir / f"{safe}.tiff", outdir / f"{safe}.parquet"
+        seeds = np.arange(seed0, seed0 + per_class)
         if store.exists() and index.exists():
-            frames.append(read_index(index))
-            continue
+            done = read_index(index)
+            # reuse a finished condition only if it is exactly what is asked now
+            if (len(done) == per_class and np.array_equal(done["seed"].to_numpy(), seeds)
+                    and (done["truncation"] == truncation).all() and (done["network"] == str(network)).all()
+                    and Path(network).stat().st_mtime <= index.stat().st_mtime):
+                frames.append(done)
+                continue
         c = torch.from_numpy(spec.encode(pd.DataFrame([cond]))).to(device)
         center = w_center(G, c) if truncation != 1 else None
-        seeds = np.arange(seed0, seed0 + per_class)
         rows = []
         with TileStoreWriter(store, {"condition": name, "network": str(network)}) as w:
             for i in tqdm(range(0, per_class, batch), desc=f"generate {name}", unit="batch", disable=not progress):

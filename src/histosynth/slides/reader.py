@@ -33,22 +33,33 @@ def open_slide(path, slide_id: str | None = None):
                         f"or truncated; re-download it.") from None
 
 
-def slide_mpp(slide, slide_id: str, override: float | None = None) -> float:
-    """µm per level-0 pixel: the slide's own (``openslide.mpp-x``), else `override`, else a clear error."""
+MPP_RANGE = (0.05, 20.0)  # µm per level-0 pixel of any real scanner (40x is about 0.25, 5x about 2)
+
+
+def slide_mpp(slide, slide_id: str, override: float | None = None, fallback: float | None = None) -> float:
+    """µm per level-0 pixel: `override` (a per-slide value) if given, else the slide's own
+    (``openslide.mpp-x``) if plausible, else `fallback` (``tiles.mpp_override``), else a clear error.
+
+    A recorded value outside 0.05-20 µm/px is treated as missing: libvips, for one, writes
+    1 pixel/mm (1000 µm/px) into TIFFs whose resolution it does not know."""
     if override:
         return float(override)
-    props = slide.properties
+    recorded = None
     for key in ("openslide.mpp-x", "aperio.MPP"):
-        if props.get(key):
-            try:
-                v = float(props[key])
-            except ValueError:
-                continue
-            if v > 0:
-                return v
-    raise UserError(f"slide {slide_id}: the file records no microns-per-pixel (no openslide.mpp-x). "
-                    f"Tiles are cut by field of view in µm, so the scale must be known: set "
-                    f"tiles.mpp_override in the config, or an 'mpp' column for this slide in the manifest.")
+        try:
+            recorded = float(slide.properties.get(key) or "nan")
+        except ValueError:
+            continue
+        if recorded == recorded:
+            break
+    if recorded is not None and MPP_RANGE[0] <= recorded <= MPP_RANGE[1]:
+        return recorded
+    if fallback:
+        return float(fallback)
+    what = ("records no microns-per-pixel (no openslide.mpp-x)" if recorded is None or recorded != recorded
+            else f"records an implausible {recorded:g} µm/px (libvips writes 1 px/mm when it knows none)")
+    raise UserError(f"slide {slide_id}: the file {what}. Tiles are cut by field of view in µm, so the scale must be "
+                    f"known: set tiles.mpp_override in the config, or an 'mpp' column for this slide in the manifest.")
 
 
 def choose_level(slide, mpp0: float, tile_um: float, tile_px: int) -> LevelChoice:

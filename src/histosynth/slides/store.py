@@ -85,6 +85,8 @@ class TileStore:
     def __getitem__(self, i: int) -> np.ndarray:
         if self.empty:
             raise IndexError(f"tile store {self.path} is empty")
+        if int(i) < 0:  # page -1 marks a rejected tile in the index: never wrap around
+            raise IndexError(f"tile store {self.path}: no page {i} (rejected tiles have page -1)")
         return self._tif.pages[int(i)].asarray()
 
     def read(self, pages) -> np.ndarray:

@@ -50,9 +50,13 @@ def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict,
     from tqdm import tqdm
 
     slide = open_slide(path, slide_id)
-    mpp0 = slide_mpp(slide, slide_id, mpp_override or opts.get("mpp_override"))
+    mpp0 = slide_mpp(slide, slide_id, mpp_override, opts.get("mpp_override"))
     tile_px, tile_um = int(opts["tile_px"]), float(opts["tile_um"])
     choice = choose_level(slide, mpp0, tile_um, tile_px)
+    if choice.level_mpp > 2 * tile_um / tile_px:
+        raise UserError(f"slide {slide_id}: its finest level is {choice.level_mpp:g} µm/px, but tiles of {tile_um} µm in "
+                        f"{tile_px} px need {tile_um / tile_px:g} µm/px; tiles would be upsampled more than 2x. Lower "
+                        f"tiles.tile_px or raise tiles.tile_um, or check the slide's MPP.")
     if choice.level_mpp > tile_um / tile_px * 1.001:
         log.warning("%s: the finest level (%.3f µm/px) is coarser than requested (%.3f µm/px); tiles are upsampled",
                     slide_id, choice.level_mpp, tile_um / tile_px)

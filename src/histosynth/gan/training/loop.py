@@ -5,6 +5,7 @@ identical weights).
 Outputs in the run directory:
   training_options.json   the resolved options
   stats.jsonl             one line per tick: losses, R1, augmentation p and r_t, speed
+  snapshots.jsonl         one line per snapshot: parameter checksum of every rank (must agree)
   checkpoint.pt           the latest snapshot (resume point), written every ``snap_kimg``
   samples/fakes<kimg>.png per-class sample grids at each snapshot (reals.png once)
   network.pt              the final checkpoint (what generation uses)
@@ -129,7 +130,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
 
     def adam(params, lr, interval):
         ratio = interval / (interval + 1) if interval else 1
-        return torch.optim.Adam(params, lr=lr * ratio, betas=(0 ** ratio, 0.99 ** ratio), eps=1e-8)
+        return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8)
 
     opt_G = adam(G.parameters(), opts["lr_g"], opts["pl_interval"] if opts["pl_weight"] > 0 else 0)
     opt_D = adam(D.parameters(), opts["lr_d"], opts["r1_interval"])
@@ -169,7 +170,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
             sel = train_tiles.index
             for k, v in cond.items():
                 sel = sel[train_tiles.loc[sel, k].astype(str) == v]
-            pick = sel[:opts["grid_per_class"]]
+            pick = np.random.default_rng(0).permutation(sel)[:opts["grid_per_class"]]
             reals.append(source.get(list(pick)).permute(0, 2, 3, 1).numpy())
         save_png(_grid(np.concatenate(reals), len(conds)), outdir / "samples" / "reals.png")
 
@@ -199,7 +200,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
             pl_bs = max(1, batch_gpu // 2)
             pen, pl_mean = path_length_penalty(G, z[:pl_bs], c_fake[:pl_bs], pl_mean)
             (pen * opts["pl_weight"] * opts["pl_interval"]).backward()
-            acc["pl"].append(float(pen))
+            acc["pl"].append(float(pen.detach()))
         _allreduce_grads(G, world)
         opt_G.step()
 
@@ -212,7 +213,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
         if step % opts["r1_interval"] == 0 and opts["r1_gamma"] > 0:
             r1 = r1_penalty(D, real, c_real, aug)
             (r1 * (opts["r1_gamma"] / 2) * opts["r1_interval"]).backward()
-            acc["r1"].append(float(r1))
+            acc["r1"].append(float(r1.detach()))
         _allreduce_grads(D, world)
         opt_D.step()
         rt = aug.observe(d_real, opts["batch"], reduce)
@@ -229,7 +230,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
                 pe.copy_(p.detach().lerp(pe, beta))
             for be, b in zip(G_ema.buffers(), G.buffers()):
                 be.copy_(b)
-        acc["loss_G"].append(float(loss_G)); acc["loss_D"].append(float(loss_D))
+        acc["loss_G"].append(float(loss_G.detach())); acc["loss_D"].append(float(loss_D.detach()))
         cur_nimg += opts["batch"]
         step += 1
         bar.update(opts["batch"])
@@ -251,7 +252,12 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
             next_snap += int(opts["snap_kimg"] * 1000)
             rngs = [ckpt.rng_state()]
             gens = [sample_gen.get_state()]
+            checksum = float(sum(p.detach().double().sum() for p in list(G.parameters()) + list(D.parameters())))
             if world > 1:
+                sums = [None] * world
+                dist.all_gather_object(sums, checksum)
+                if len(set(sums)) != 1:
+                    raise RuntimeError(f"ranks diverged: parameter checksums {sums}")
                 rngs = [None] * world; gens = [None] * world
                 dist.all_gather_object(rngs, ckpt.rng_state())
                 dist.all_gather_object(gens, sample_gen.get_state())
@@ -268,6 +274,9 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
                          "training_set": {"n_tiles": len(train_tiles),
                                           "patients": sorted(train_tiles["patient_id"].unique().tolist())}}
                 ckpt.save(resume, state)
+                with open(outdir / "snapshots.jsonl", "a") as f:
+                    f.write(json.dumps({"snapshot_kimg": cur_nimg / 1000, "param_checksum": checksum,
+                                        "rank_checksums": sums if world > 1 else [checksum]}) + "\n")
             if world > 1:
                 dist.barrier()
     bar.close()

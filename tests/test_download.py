@@ -1,0 +1,90 @@
+import hashlib
+import os
+
+import pytest
+
+from histosynth.acquire.download import DownloadError, content_disposition_filename, fetch, safe_filename
+from httpfaults import FaultServer
+
+DATA = os.urandom(3 * 1024 * 1024 + 123)
+MD5 = hashlib.md5(DATA).hexdigest()
+NOSLEEP = dict(sleep=lambda s: None, progress=False)
+
+
+@pytest.mark.parametrize("faults", [["drop"], ["corrupt"], ["500"], ["429"], ["drop", "norange"], ["shortlen"],
+                                    ["500", "drop", "429"]])
+def test_fault_is_survived_byte_exact(tmp_path, faults):
+    with FaultServer({"s.svs": DATA}, {"s.svs": faults}) as srv:
+        res = fetch(f"{srv.url}/data/s.svs", tmp_path / "s.svs", md5=MD5, size=len(DATA), **NOSLEEP)
+    assert (tmp_path / "s.svs").read_bytes() == DATA
+    assert res.md5 == MD5
+    assert not (tmp_path / "s.svs.partial").exists()
+
+
+def test_drop_resumes_with_range(tmp_path):
+    with FaultServer({"s.svs": DATA}, {"s.svs": ["drop"]}) as srv:
+        res = fetch(f"{srv.url}/data/s.svs", tmp_path / "s.svs", md5=MD5, **NOSLEEP)
+        ranges = [r for _, r in srv.requests]
+    assert ranges[0] is None and ranges[1].startswith("bytes=") and int(ranges[1][6:-1]) > 0
+    assert res.resumed_bytes > 0
+
+
+def test_resume_across_runs(tmp_path):
+    (tmp_path / "s.svs.partial").write_bytes(DATA[:1000000])
+    with FaultServer({"s.svs": DATA}) as srv:
+        fetch(f"{srv.url}/data/s.svs", tmp_path / "s.svs", md5=MD5, **NOSLEEP)
+        assert srv.requests[0][1] == "bytes=1000000-"
+    assert (tmp_path / "s.svs").read_bytes() == DATA
+
+
+def test_429_honours_retry_after(tmp_path):
+    waits = []
+    with FaultServer({"s.svs": DATA}, {"s.svs": ["429"]}) as srv:
+        fetch(f"{srv.url}/data/s.svs", tmp_path / "s.svs", md5=MD5, sleep=waits.append, progress=False)
+    assert waits == [1.0]
+
+
+def test_persistent_md5_mismatch_fails_cleanly(tmp_path):
+    with FaultServer({"s.svs": DATA}) as srv:
+        with pytest.raises(DownloadError) as e:
+            fetch(f"{srv.url}/data/s.svs", tmp_path / "s.svs", md5="0" * 32, label="SLIDE-7", **NOSLEEP)
+    msg = str(e.value)
+    assert "SLIDE-7" in msg and "0" * 32 in msg and MD5 in msg
+    assert not (tmp_path / "s.svs").exists() and not (tmp_path / "s.svs.partial").exists()
+
+
+def test_content_md5_is_checked(tmp_path):
+    with FaultServer({"s.svs": DATA}, {"s.svs": ["corrupt", "corrupt"]}, content_md5=True) as srv:
+        with pytest.raises(DownloadError, match="Content-MD5"):
+            fetch(f"{srv.url}/data/s.svs", tmp_path / "s.svs", **NOSLEEP)  # no md5 given: the header alone catches it
+    assert not (tmp_path / "s.svs").exists()
+
+
+def test_gives_up_after_max_attempts(tmp_path):
+    with FaultServer({"s.svs": DATA}, {"s.svs": ["500"] * 10}) as srv:
+        with pytest.raises(DownloadError, match="giving up after 3 attempts"):
+            fetch(f"{srv.url}/data/s.svs", tmp_path / "s.svs", md5=MD5, max_attempts=3, **NOSLEEP)
+    assert not (tmp_path / "s.svs").exists()
+
+
+def test_local_source_verified_and_existing_file_rechecked(tmp_path):
+    src = tmp_path / "src.svs"
+    src.write_bytes(DATA)
+    dest = tmp_path / "out" / "a.svs"
+    fetch(str(src), dest, md5=MD5, progress=False)
+    assert dest.read_bytes() == DATA
+    dest.write_bytes(b"tampered")  # a wrong file at the final path is replaced, not trusted
+    fetch(src.as_uri(), dest, md5=MD5, progress=False)
+    assert dest.read_bytes() == DATA
+
+
+@pytest.mark.parametrize("name,expected", [("../../etc/passwd", "passwd"), ("/abs/x.svs", "x.svs"),
+                                           ("..\\..\\win.svs", "win.svs"), ("a b;rm.svs", "a_b_rm.svs")])
+def test_server_names_cannot_escape(name, expected):
+    assert safe_filename(name) == expected
+    assert content_disposition_filename(f'attachment; filename="{name}"') == expected
+
+
+def test_unusable_name_rejected():
+    with pytest.raises(DownloadError):
+        safe_filename("..")

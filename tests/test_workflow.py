@@ -1,0 +1,101 @@
+"""End to end: the whole DAG on a tiny config, then the things users do with it."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "run_name": "tiny e2e",
+    "demo": {"outdir": "resources/demo", "patients_per_class": 3, "size_px": 2048},
+    "acquire": {"manifest": "resources/demo/manifest.tsv"},
+    "tiles": {"tile_px": 32, "tile_um": 128, "blur": 5},
+    "split": {"test_fraction": 0.34, "val_fraction": 0.0},
+    "gan": {"resolution": 32, "kimg": 0.3, "batch": 8, "z_dim": 32, "w_dim": 64, "mapping_layers": 2,
+            "channel_base": 256, "channel_max": 32, "snap_kimg": 0.3, "tick_kimg": 0.1, "gpus": 0, "device": "cpu"},
+    "generate": {"per_class": 200, "blend_steps": 4, "blend_seeds": [0, 1]},
+    "evaluate": {"extractors": ["domain"], "allow_small": True, "kid_subset_size": 100, "kid_subsets": 20},
+    "classify": {"arch": "shufflenet_v2_x0_5", "synthetic_ratio": [1], "seeds": [0, 1], "steps": 10, "batch": 16,
+                 "bootstrap": 100},
+}
+SNAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--cores", "2"]
+
+
+def run(args, cwd, **kw):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    r = subprocess.run(SNAKE + args, cwd=cwd, capture_output=True, text=True, env=env, timeout=1500, **kw)
+    return r
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    (d / "config").mkdir()
+    (d / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
+    r = run([], d)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-6000:])
+    return d
+
+
+def test_summary_has_every_design_key_with_measured_values(workdir):
+    s = json.loads((workdir / "results/report/summary.json").read_text())
+    assert s["slides"]["n"] == 8 and s["slides"]["tiles"] > 50
+    assert isinstance(s["slides"]["zero_tile_slides"], list)
+    g = s["gan"]["stylegan2-class"]
+    assert g["kimg"] >= 0.3 and g["resolution"] == 32 and g["conditioning"] == "class"
+    m = s["metrics"]["stylegan2-class"]["domain"]
+    for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "n_real", "n_fake", "fid_real_vs_real"):
+        assert isinstance(m[k], (int, float)) and math.isfinite(m[k]), k
+    assert set(m["per_class_fid"]) == {"normal", "tumor"} and m["below_min_samples"] is True
+    c = s["concordance"]["stylegan2-class"]
+    assert 0 <= c["weak"] <= 1 and 0 <= c["strong"] <= 1
+    assert set(s["classifier"]) == {"real", "synthetic", "mixed_x1"}
+    for arm, v in s["classifier"].items():
+        assert 0 <= v["auc"] <= 1 and v["auc_ci95"][0] <= v["auc"] <= v["auc_ci95"][1] and v["n_seeds"] == 2
+        assert "accuracy" in v and "f1" in v
+    assert s["classifier"]["real"]["n_train_synthetic"] == 0 and s["classifier"]["synthetic"]["n_train_real"] == 0
+    html = (workdir / "results/report/summary.html").read_text()
+    assert "data:image/png;base64" in html and "real-vs-real" in html and "BELOW min_samples" in html
+
+
+def test_outputs_use_one_store_format(workdir):
+    import pandas as pd
+
+    from histosynth.slides.store import TileStore
+
+    syn = pd.read_parquet(workdir / "results/generate/stylegan2-class/synthetic.parquet")
+    assert {"seed", "condition", "network", "store", "page", "label"} <= set(syn.columns)
+    assert len(syn) == 400 and (syn["tile_px"] == 32).all()
+    with TileStore(workdir / syn["store"].iloc[0]) as st:
+        assert st[0].shape == (32, 32, 3)
+    tiles = pd.read_parquet(workdir / "results/split/tiles.parquet")
+    assert tiles.groupby("patient_id")["partition"].nunique().max() == 1
+    opts = json.loads((workdir / "results/gan/stylegan2-class/training_options.json").read_text())
+    assert opts["n_train_patients"] == 4  # 2 train patients per class; the test patients never reach the GAN
+
+
+def test_dry_run_lists_the_dag_and_single_rule_rerun(workdir):
+    r = run(["-n", "-R", "evaluate"], workdir)
+    assert r.returncode == 0 and "evaluate" in r.stdout
+    r = run(["-R", "evaluate"], workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((workdir / "results/evaluate/stylegan2-class/metrics.json").read_text())["metrics"]["domain"]
+
+
+def test_snakemake_report_builds(workdir):
+    r = run(["--report", "report.html"], workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (workdir / "report.html").stat().st_size > 10000
+
+
+def test_bad_config_names_the_key(tmp_path):
+    (tmp_path / "config").mkdir()
+    bad = dict(TINY, tiles={"tile_px": "big"})
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(bad))
+    r = run(["-n"], tmp_path)
+    assert r.returncode != 0 and "tile_px" in (r.stdout + r.stderr)
