@@ -58,6 +58,9 @@ def seed_everything(seed: int) -> None:
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not verbose:  # libvips logs every thread pool at INFO; matplotlib its font cache
+        for noisy in ("pyvips", "matplotlib"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class UserError(Exception):

@@ -10,7 +10,7 @@ rule classify:
     log:
         "logs/classify.log",
     benchmark:
-        "benchmarks/classify.tsv"
+        "results/benchmarks/classify.tsv"
     threads: 2
     resources:
         mem_mb=12000,

@@ -7,7 +7,7 @@ rule train_gan:
     log:
         f"logs/train_gan/{GAN}.log",
     benchmark:
-        f"benchmarks/train_gan/{GAN}.tsv"
+        f"results/benchmarks/train_gan/{GAN}.tsv"
     threads: 2
     resources:
         mem_mb=16000,

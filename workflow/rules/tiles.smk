@@ -9,7 +9,7 @@ rule tile:
     log:
         "logs/tile/{slide}.log",
     benchmark:
-        "benchmarks/tile/{slide}.tsv"
+        "results/benchmarks/tile/{slide}.tsv"
     threads: 2
     resources:
         mem_mb=4000,

@@ -16,7 +16,19 @@ def _img(path, width=None):
     p = Path(path)
     if not p.exists():
         return f"<p><i>missing: {html.escape(str(p))}</i></p>"
-    data = base64.b64encode(p.read_bytes()).decode()
+    raw = p.read_bytes()
+    if width and p.suffix == ".png":  # embed at most twice the display width (sharp on HiDPI screens)
+        import io
+
+        from PIL import Image
+
+        im = Image.open(io.BytesIO(raw))
+        if im.width > 2 * width:
+            im = im.resize((2 * width, max(1, round(im.height * 2 * width / im.width))), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            im.save(buf, format="PNG", optimize=True)
+            raw = buf.getvalue()
+    data = base64.b64encode(raw).decode()
     mime = "image/gif" if p.suffix == ".gif" else "image/png"
     w = f' width="{width}"' if width else ""
     return f'<img src="data:{mime};base64,{data}"{w} style="image-rendering:pixelated">'
@@ -93,6 +105,13 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                      "per-class FID": ", ".join(f"{k}: {v:.2f}" for k, v in m["per_class_fid"].items()),
                      "flag": "BELOW min_samples: not comparable to published FIDs" if m["below_min_samples"] else ""})
     parts.append(_table(rows, list(rows[0]) if rows else []))
+    for ex, m in summary["metrics"][gan_run].items():
+        if m["fid"] <= m["fid_real_vs_real"] or m["kid_mean"] <= m["kid_real_vs_real"]:
+            parts.append(f"<p class=warn>[{html.escape(ex)}] FID or KID is at or below the real-vs-real floor. The floor "
+                         "compares real tiles of <i>other</i> patients, while the generator learned from all training "
+                         "patients, so a generator that reproduces class-level statistics can reach it; read it together "
+                         f"with recall ({m['recall']:.2f}: the share of real tiles the generated set covers) and the "
+                         "sample grids, not as 'indistinguishable from real'.</p>")
     c = summary["concordance"][gan_run]
     parts.append(f"<h3>Concordance</h3><p>The reference classifier (real training tiles only) assigns "
                  f"<b>{c['weak']:.1%}</b> of generated tiles to their intended class (weak concordance) and "

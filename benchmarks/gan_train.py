@@ -1,0 +1,111 @@
+"""GAN training throughput of the real training loop (histosynth.gan.training.loop.train).
+
+Trains on a tile store of procedurally drawn H&E-like tiles for a few kimg per setting and
+reports images/s and kimg/h from stats.jsonl (median over ticks after the first, which holds
+warm-up and compilation). Settings run one after another in the same process, and each is
+reported as a ratio to the first (the baseline), because these machines are noisy.
+
+  python benchmarks/gan_train.py                       # auto: GPU if present (256 px, bf16 vs fp32), else CPU tiny
+  python benchmarks/gan_train.py --preset paper256 --precisions bf16 fp32 --kimg 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from histosynth.gan.training.loop import train  # noqa: E402
+from histosynth.slides.store import TileStoreWriter  # noqa: E402
+
+PRESETS = {
+    # StyleGAN2 "paper256"-like widths: the configuration real studies use at 256 px.
+    "paper256": dict(resolution=256, channel_base=16384, channel_max=512, z_dim=512, w_dim=512, mapping_layers=8, batch=64),
+    # the CPU demo's network (config/config.yaml)
+    "demo64": dict(resolution=64, channel_base=1024, channel_max=64, z_dim=64, w_dim=128, mapping_layers=2, batch=16),
+}
+
+
+def schema_defaults():
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    return {k: v.get("default") for k, v in schema["properties"]["gan"]["properties"].items()}
+
+
+def make_tiles(tmp: Path, n: int, px: int) -> pd.DataFrame:
+    from histosynth.slides.synthetic import SlideSpec, draw_tissue
+
+    rows = []
+    store = tmp / "bench.tiff"
+    with TileStoreWriter(store) as w:
+        for label in ("tumor", "normal"):
+            img = draw_tissue(SlideSpec("b", "p", label, size_px=max(1024, px * 8), seed=1 if label == "tumor" else 2))
+            rng = np.random.default_rng(0)
+            for _ in range(n // 2):
+                y, x = rng.integers(0, img.shape[0] - px, 2)
+                rows.append(dict(page=w.append(img[y:y + px, x:x + px]), label=label))
+    df = pd.DataFrame(rows)
+    df["store"], df["tile_px"], df["patient_id"], df["partition"], df["kept"] = str(store), px, "p", "train", True
+    return df
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    ap.add_argument("--precisions", nargs="+", default=None)
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile (GPU)")
+    ap.add_argument("--kimg", type=float, default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--json", help="write the results here as JSON")
+    a = ap.parse_args()
+    cuda = torch.cuda.is_available()
+    preset = a.preset or ("paper256" if cuda else "demo64")
+    precisions = a.precisions or (["fp32", "bf16"] if cuda else ["fp32"])
+    kimg = a.kimg or (4.0 if cuda else 0.4)
+    p = dict(PRESETS[preset])
+    if a.batch:
+        p["batch"] = a.batch
+    settings = [(prec, False) for prec in precisions] + ([("bf16", True)] if a.compile and cuda else [])
+    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {device}; preset {preset}: {p}; {kimg} kimg per setting")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tiles = make_tiles(tmp, 512, p["resolution"])
+        for prec, comp in settings:
+            opts = schema_defaults()
+            opts.update(p, kimg=kimg, tick_kimg=kimg / 8, snap_kimg=kimg, precision=prec, compile=comp,
+                        device="cuda" if cuda else "cpu", grid_per_class=2, augment="ada", threads=4)
+            out = tmp / f"run-{prec}-{comp}"
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.time()
+            train(tiles, out, opts, progress=False)
+            wall = time.time() - t0
+            ticks = [json.loads(x) for x in open(out / "stats.jsonl")][1:]
+            ips = statistics.median(t["img_per_sec"] for t in ticks)
+            mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+            results.append(dict(precision=prec, compile=comp, img_per_sec=ips, kimg_per_hour=ips * 3.6, wall_s=wall,
+                                peak_gpu_mem_gib=mem))
+    base = results[0]["img_per_sec"]
+    print(f"{'setting':<18}{'img/s':>10}{'kimg/h':>10}{'ratio':>8}{'GPU GiB':>9}")
+    for r in results:
+        name = r["precision"] + (" +compile" if r["compile"] else "")
+        mem = f"{r['peak_gpu_mem_gib']:.1f}" if r["peak_gpu_mem_gib"] is not None else "-"
+        print(f"{name:<18}{r['img_per_sec']:>10.1f}{r['kimg_per_hour']:>10.1f}{r['img_per_sec'] / base:>8.2f}{mem:>9}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"device": device, "preset": preset, "options": p, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
