@@ -100,7 +100,6 @@ def test_pen_and_blur_tiles_removed_exactly(artefact_slide, tmp_path):
 
 
 def test_zero_tile_slide_is_reported_not_silent(tmp_path):
-    import pyvips
 
     from histosynth.slides.synthetic import write_slide
 

@@ -56,14 +56,10 @@ def cmd_acquire_query(a):
 
 def cmd_download(a):
     from histosynth.acquire.download import fetch
-    from histosynth.acquire.manifest import read_sample_sheet
+    from histosynth.acquire.manifest import sheet_row
 
     o = _opts(a, "acquire")
-    sheet = read_sample_sheet(a.sheet)
-    row = sheet[sheet["slide_id"] == a.slide_id]
-    if row.empty:
-        raise UserError(f"slide {a.slide_id} is not in {a.sheet}")
-    row = row.iloc[0]
+    row = sheet_row(a.sheet, a.slide_id)
     size = int(row["size"]) if str(row.get("size", "")).strip() else None
     res = fetch(row["source"], a.out or row["path"], md5=row.get("md5") or None, size=size, label=a.slide_id,
                 max_attempts=o["max_attempts"], progress=not a.quiet)
@@ -71,15 +67,11 @@ def cmd_download(a):
 
 
 def cmd_tile(a):
-    from histosynth.acquire.manifest import read_sample_sheet
+    from histosynth.acquire.manifest import sheet_row
     from histosynth.slides.tiling import tile_slide
 
     o = _opts(a, "tiles")
-    sheet = read_sample_sheet(a.sheet)
-    row = sheet[sheet["slide_id"] == a.slide_id]
-    if row.empty:
-        raise UserError(f"slide {a.slide_id} is not in {a.sheet}")
-    row = row.iloc[0]
+    row = sheet_row(a.sheet, a.slide_id)
     mpp = float(row["mpp"]) if "mpp" in row and str(row["mpp"]).strip() else None
     tile_slide(a.slide or row["path"], a.slide_id, a.store, a.index, a.thumb, o, patient_id=row["patient_id"],
                label=row["label"], mpp_override=mpp, threads=a.threads, progress=not a.quiet)

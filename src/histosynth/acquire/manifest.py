@@ -92,3 +92,12 @@ def read_sample_sheet(path) -> pd.DataFrame:
     if missing:
         raise UserError(f"sample sheet {path}: missing column(s) {missing}")
     return df
+
+
+def sheet_row(path, slide_id: str):
+    """One slide's row of the sample sheet at `path`, or a clear error."""
+    sheet = read_sample_sheet(path)
+    row = sheet[sheet["slide_id"] == slide_id]
+    if row.empty:
+        raise UserError(f"slide {slide_id} is not in the sample sheet {path}")
+    return row.iloc[0]
