@@ -45,12 +45,14 @@ class FetchResult:
     resumed_bytes: int
 
 
-def md5_of(path, chunk=CHUNK) -> str:
-    h = hashlib.md5()
+def file_hash(path, algorithm: str = "md5") -> str:
+    """Hex digest of a file, streamed in constant memory."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def md5_of(path) -> str:
+    return file_hash(path, "md5")
 
 
 def safe_filename(name: str) -> str:

@@ -11,7 +11,6 @@ Real and fake tiles pass through identical resizing (each extractor resizes inte
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,6 @@ from histosynth.utils import UserError
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
-INCEPTION_SHA256_PREFIX = "6726825d"  # torch-fidelity names the file by its hash prefix
-
-
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def inception_extractor(weights_path):

@@ -7,15 +7,14 @@ from __future__ import annotations
 import re
 import sys
 
-from histosynth.acquire.download import fetch
-from histosynth.evaluate.features import sha256_of
+from histosynth.acquire.download import fetch, file_hash
 from histosynth.utils import UserError
 
 
 def main(url, dest):
     m = re.search(r"-([0-9a-f]{8})\.pth$", url)
     res = fetch(url, dest, label="inception-v3 weights")
-    digest = sha256_of(res.path)
+    digest = file_hash(res.path, "sha256")
     if m and not digest.startswith(m.group(1)):
         res.path.unlink()
         raise UserError(f"inception weights: SHA-256 {digest} does not start with {m.group(1)}; file removed")

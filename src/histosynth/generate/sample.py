@@ -5,7 +5,8 @@ Each condition gets ``per_class`` tiles from seeds ``seed0 .. seed0 + per_class 
 image on any device). Truncation ψ pulls w towards the condition's own centre of mass (the
 mean w of 2,000 random z under that condition), which keeps classes apart where the global
 mean would blend them. Each condition is written to its own store, atomically, so an
-interrupted run resumes at the first missing condition."""
+interrupted run redoes only the conditions that are missing or were made with other
+seeds, truncation or network."""
 from __future__ import annotations
 
 import logging

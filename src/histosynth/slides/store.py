@@ -89,9 +89,6 @@ class TileStore:
             raise IndexError(f"tile store {self.path}: no page {i} (rejected tiles have page -1)")
         return self._tif.pages[int(i)].asarray()
 
-    def read(self, pages) -> np.ndarray:
-        return np.stack([self[i] for i in pages]) if len(pages) else np.zeros((0, 1, 1, 3), np.uint8)
-
     def close(self):
         self._tif.close()
 

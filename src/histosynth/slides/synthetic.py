@@ -12,7 +12,6 @@ Classes:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,14 +181,6 @@ def write_slide(rgb: np.ndarray, path: Path, fmt: str, mpp: float, app_mag: int 
     os.replace(tmp, path)
 
 
-def md5sum(path, chunk=1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def demo_cohort(n_patients_per_class: int = 4, size_px: int = 4096, mpp: float = 0.5, seed: int = 0):
     """Slide specs of the demo cohort: per class `n_patients_per_class` patients, every third
     patient with two slides; artefacts on some slides; one generic TIFF per class."""
@@ -216,6 +207,7 @@ def write_demo_cohort(outdir, manifest_path, n_patients_per_class=4, size_px=409
     import pandas as pd
     from tqdm import tqdm
 
+    from histosynth.acquire.download import md5_of
     from histosynth.utils import atomic_path
 
     outdir = Path(outdir)
@@ -229,7 +221,7 @@ def write_demo_cohort(outdir, manifest_path, n_patients_per_class=4, size_px=409
         write_slide(draw_tissue(spec), path, spec.fmt, spec.mpp)
         rows.append(dict(slide_id=spec.slide_id, patient_id=spec.patient_id, label=spec.label,
                          path=os.path.relpath(path.resolve(), manifest_path.parent.resolve()),
-                         md5=md5sum(path), size=path.stat().st_size,
+                         md5=md5_of(path), size=path.stat().st_size,
                          artefacts=",".join(a for a, on in (("pen", spec.pen_mark), ("blur", spec.blur_region),
                                                             ("fold", spec.fold)) if on) or "none"))
     df = pd.DataFrame(rows)
