@@ -42,3 +42,38 @@ def artefact_slide(tmp_path_factory):
     write_slide(draw_tissue(spec), path, "svs", 0.5)
     clean = SlideSpec("ART-1", "P1", "tumor", "svs", size_px=2048, mpp=0.5, seed=3)
     return path, spec, clean
+
+
+@pytest.fixture(scope="session")
+def gdc_cohort(tmp_path_factory):
+    """Eight small demo slides (3 patients per class, one of them with 2 slides) dressed as GDC
+    file records of TCGA-LUAD (tumor) and TCGA-LUSC (normal), plus decoys the query must exclude:
+    a frozen Tissue Slide, a TCGA-BRCA slide and a non-slide file. Returns (records, files)."""
+    import hashlib
+    import uuid
+
+    from histosynth.slides.synthetic import write_demo_cohort
+
+    d = tmp_path_factory.mktemp("gdc")
+    df = write_demo_cohort(d / "slides", d / "manifest.tsv", 3, 2048, 0.5, seed=5, progress=False)
+    records, files = [], {}
+    project = {"tumor": "TCGA-LUAD", "normal": "TCGA-LUSC"}
+    for i, r in df.iterrows():
+        data = (d / r["path"]).read_bytes()
+        fid = str(uuid.UUID(int=1000 + i))
+        tss = "05" if r["label"] == "tumor" else "18"
+        case = f"TCGA-{tss}-{r['patient_id']}"
+        name = f"{case}-01Z-00-DX{r['slide_id'][-1]}.{fid}.svs"
+        records.append({"file_id": fid, "file_name": name, "md5sum": hashlib.md5(data).hexdigest(), "file_size": len(data),
+                        "state": "released", "data_type": "Slide Image", "data_format": "SVS",
+                        "experimental_strategy": "Diagnostic Slide", "access": "open",
+                        "cases": [{"submitter_id": case, "project": {"project_id": project[r["label"]]},
+                                   "samples": [{"sample_type": "Primary Tumor"}]}]})
+        files[fid] = data
+    decoy = dict(records[0], file_id=str(uuid.UUID(int=9001)), file_name="TCGA-05-P000-01A-01-TS1.x.svs",
+                 experimental_strategy="Tissue Slide")
+    brca = dict(records[1], file_id=str(uuid.UUID(int=9002)), file_name="TCGA-A1-0001-01Z-00-DX1.y.svs",
+                cases=[{"submitter_id": "TCGA-A1-0001", "project": {"project_id": "TCGA-BRCA"}, "samples": []}])
+    xml = dict(records[2], file_id=str(uuid.UUID(int=9003)), file_name="nationwidechildrens.org_clinical.xml",
+               data_type="Clinical Supplement", data_format="BCR XML")
+    return records + [decoy, brca, xml], files

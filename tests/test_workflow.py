@@ -99,3 +99,30 @@ def test_bad_config_names_the_key(tmp_path):
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(bad))
     r = run(["-n"], tmp_path)
     assert r.returncode != 0 and "tile_px" in (r.stdout + r.stderr)
+
+
+def test_gdc_source_runs_the_dag_against_a_gdc_speaking_server(tmp_path, gdc_cohort):
+    """The README's TCGA command, pointed at a loopback GDC: query (checkpoint), one download job
+    per slide (one of them faulty), verification, labels, tiling and the patient split."""
+    import pandas as pd
+
+    from httpfaults import GDCServer
+
+    records, files = gdc_cohort
+    faulty = records[3]["file_id"]
+    with GDCServer(records, files, faults={faulty: ["drop", "corrupt"]}, content_md5=True) as srv:
+        r = run(["results/split/tiles.parquet", "results/acquire/slides.verified.tsv",
+                 "--configfile", str(REPO / "config" / "tcga-luad-lusc.yaml"),
+                 "--config", f"acquire={{gdc: {{api_url: '{srv.url}'}}}}"], tmp_path)
+        assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-5000:])
+        downloads = [q for q in srv.requests if q[1].startswith("/data/")]
+    sheet = pd.read_csv(tmp_path / "results/acquire/slides.verified.tsv", sep="\t", dtype=str)
+    assert len(sheet) == 8 and set(sheet["label"]) == {"TCGA-LUAD", "TCGA-LUSC"}
+    assert (sheet["md5_checked_against"] == "published").all()
+    for _, row in sheet.iterrows():
+        assert (tmp_path / row["path"]).read_bytes() == files[row["file_id"]]
+    assert len([q for q in downloads if q[1].endswith(faulty)]) == 3  # dropped, resumed-but-corrupt, clean
+    assert (tmp_path / "results/acquire/gdc_manifest.txt").exists()
+    tiles = pd.read_parquet(tmp_path / "results/split/tiles.parquet")
+    assert set(tiles["label"]) == {"TCGA-LUAD", "TCGA-LUSC"} and tiles["kept"].sum() > 20  # 4x4 tiles of 256 µm per 1 mm slide
+    assert tiles.groupby("patient_id")["partition"].nunique().max() == 1

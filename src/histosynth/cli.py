@@ -46,24 +46,42 @@ def cmd_demo_slides(a):
 
 
 def cmd_acquire_query(a):
-    from histosynth.acquire.manifest import read_manifest, write_sample_sheet
+    from histosynth.acquire.query import build_sample_sheet
 
     o = _opts(a, "acquire")
-    df = write_sample_sheet(read_manifest(a.manifest or o["manifest"]), a.slide_dir or o["slide_dir"], a.out)
-    log.info("sample sheet %s: %d slides, %d patients, labels %s", a.out, len(df), df["patient_id"].nunique(),
-             df["label"].value_counts().to_dict())
+    if a.slide_dir:
+        o["slide_dir"] = a.slide_dir
+    df = build_sample_sheet(o, a.out, manifest=a.manifest)
+    log.info("sample sheet %s (source %s): %d slides, %d patients, labels %s", a.out, o["source"], len(df),
+             df["patient_id"].nunique(), df["label"].value_counts().to_dict())
 
 
 def cmd_download(a):
     from histosynth.acquire.download import fetch
+    from histosynth.acquire.gdc import auth_headers
     from histosynth.acquire.manifest import sheet_row
+    from histosynth.acquire.query import verified_record
+    from histosynth.slides.reader import openslide_problem
 
     o = _opts(a, "acquire")
     row = sheet_row(a.sheet, a.slide_id)
     size = int(row["size"]) if str(row.get("size", "")).strip() else None
-    res = fetch(row["source"], a.out or row["path"], md5=row.get("md5") or None, size=size, label=a.slide_id,
-                max_attempts=o["max_attempts"], progress=not a.quiet)
-    log.info("%s: %s verified (md5 %s, %d bytes, %d attempt(s))", a.slide_id, res.path, res.md5, res.size, res.attempts)
+    md5 = str(row.get("md5", "")).strip() or None
+    res = fetch(row["source"], a.out or row["path"], md5=md5, size=size, label=a.slide_id,
+                headers=auth_headers(row["source"], o["gdc"]), max_attempts=o["max_attempts"],
+                check=openslide_problem if o["check_openslide"] else None, progress=not a.quiet)
+    if a.record:
+        write_json(a.record, verified_record(row, res, md5 is not None))
+    log.info("%s: %s verified (md5 %s%s, %d bytes, %d attempt(s))", a.slide_id, res.path, res.md5,
+             "" if md5 else " recorded: none published", res.size, res.attempts)
+
+
+def cmd_acquire_record(a):
+    from histosynth.acquire.query import write_verified_sheet
+
+    df = write_verified_sheet(a.sheet, a.records, a.out)
+    log.info("verified sheet %s: %d slides, %d against published MD5s", a.out, len(df),
+             int((df["md5_checked_against"] == "published").sum()))
 
 
 def cmd_tile(a):
@@ -244,7 +262,11 @@ def main(argv=None):
     p.set_defaults(fn=cmd_acquire_query)
     p = sub.add_parser("download", help="fetch and verify one slide of the sample sheet")
     _add_opts(p); p.add_argument("--sheet", required=True); p.add_argument("--slide-id", required=True); p.add_argument("--out")
+    p.add_argument("--record", help="write the verified MD5 and size of the file here (JSON)")
     p.set_defaults(fn=cmd_download)
+    p = sub.add_parser("acquire-record", help="the sample sheet with every downloaded file's verified MD5 and size")
+    p.add_argument("--sheet", required=True); p.add_argument("--records", nargs="+", required=True)
+    p.add_argument("--out", required=True); p.set_defaults(fn=cmd_acquire_record)
     p = sub.add_parser("tile", help="tile one slide with tissue detection and QC")
     _add_opts(p)
     for k in ("--sheet", "--slide-id", "--store", "--index", "--thumb"):

@@ -80,11 +80,33 @@ def schema_markdown() -> str:
         if sub.get("description"):
             lines += [sub["description"], ""]
         lines += ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+        nested = []
         for key, spec in sub["properties"].items():
-            allowed = " / ".join(f"`{e}`" for e in spec["enum"]) if "enum" in spec else (
-                spec.get("type") if isinstance(spec.get("type"), str) else " or ".join(spec.get("type", [])))
-            if spec.get("items", {}).get("enum"):
-                allowed = "list of " + " / ".join(f"`{e}`" for e in spec["items"]["enum"])
-            lines.append(f"| `{section}.{key}` | {fmt(spec.get('default'))} | {allowed} | {spec.get('description', '')} |")
+            if spec.get("type") == "object":
+                nested.append((f"{section}.{key}", spec))
+                continue
+            lines.append(_row(f"{section}.{key}", spec, fmt))
         lines.append("")
+        for name, spec in nested:
+            lines += [f"### `{name}`", ""]
+            if spec.get("description"):
+                lines += [spec["description"], ""]
+            lines += ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+            lines += [_row(f"{name}.{k}", v, fmt) for k, v in spec["properties"].items()]
+            lines.append("")
     return "\n".join(lines)
+
+
+def _allowed(spec) -> str:
+    if "anyOf" in spec:
+        return " or ".join(_allowed(a) for a in spec["anyOf"])
+    if "enum" in spec:
+        return " / ".join(f"`{e}`" for e in spec["enum"])
+    if spec.get("items", {}).get("enum"):
+        return "list of " + " / ".join(f"`{e}`" for e in spec["items"]["enum"])
+    t = spec.get("type", "")
+    return t if isinstance(t, str) else " or ".join(t)
+
+
+def _row(name, spec, fmt) -> str:
+    return f"| `{name}` | {fmt(spec.get('default'))} | {_allowed(spec)} | {spec.get('description', '')} |"

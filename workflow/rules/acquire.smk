@@ -15,9 +15,10 @@ rule demo_slides:
 
 checkpoint acquire_query:
     input:
-        manifest=manifest_input,
+        unpack(acquire_query_input),
     output:
         sheet="results/acquire/slides.tsv",
+        **GDC_MANIFEST,
     log:
         "logs/acquire_query.log",
     threads: 1
@@ -26,7 +27,7 @@ checkpoint acquire_query:
     params:
         opts=opts("acquire"),
     shell:
-        "histosynth -q acquire-query --options {params.opts:q} --manifest {input.manifest} --out {output.sheet} > {log} 2>&1"
+        "histosynth -q acquire-query --options {params.opts:q} --out {output.sheet} > {log} 2>&1"
 
 
 rule download:
@@ -34,6 +35,7 @@ rule download:
         sheet="results/acquire/slides.tsv",
     output:
         slide=config["acquire"]["slide_dir"] + "/{slide}.{ext}",
+        record="results/acquire/verified/{slide}.{ext}.json",
     wildcard_constraints:
         ext="[a-z0-9]+",
     log:
@@ -41,9 +43,25 @@ rule download:
     threads: 1
     resources:
         mem_mb=1000,
+        downloads=1,
     retries: 1
     params:
         opts=opts("acquire"),
     shell:
         "histosynth -q download --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
-        "--out {output.slide} > {log} 2>&1"
+        "--out {output.slide} --record {output.record} > {log} 2>&1"
+
+
+rule acquire_record:
+    input:
+        sheet="results/acquire/slides.tsv",
+        records=all_download_records,
+    output:
+        sheet="results/acquire/slides.verified.tsv",
+    log:
+        "logs/acquire_record.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "histosynth -q acquire-record --sheet {input.sheet} --records {input.records} --out {output.sheet} > {log} 2>&1"

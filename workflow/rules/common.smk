@@ -42,5 +42,21 @@ def all_qc_thumbs(wildcards):
     return expand("results/tiles/qc/{slide}.png", slide=sample_sheet()["slide_id"])
 
 
-def manifest_input(wildcards):
-    return config["acquire"]["manifest"]
+def acquire_query_input(wildcards):
+    """The query's local inputs: the manifest, or a local GTEx annotations file; GDC has none."""
+    acq = config["acquire"]
+    if acq["source"] == "manifest":
+        return {"manifest": acq["manifest"]}
+    ann = acq["gtex"]["annotations"]
+    if acq["source"] == "gtex" and ann and "://" not in ann:
+        return {"annotations": ann}
+    return {}
+
+
+GDC_MANIFEST = {"gdc_manifest": "results/acquire/gdc_manifest.txt"} if config["acquire"]["source"] == "gdc" else {}
+
+
+def all_download_records(wildcards):
+    sheet = sample_sheet()
+    slide_dir = config["acquire"]["slide_dir"] + "/"
+    return ["results/acquire/verified/" + p.removeprefix(slide_dir) + ".json" for p in sheet["path"]]

@@ -1,6 +1,6 @@
 rule report:
     input:
-        sheet="results/acquire/slides.tsv",
+        sheet="results/acquire/slides.verified.tsv",
         tiles="results/split/tiles.parquet",
         stats=f"results/gan/{GAN}/stats.jsonl",
         metrics=f"results/evaluate/{GAN}/metrics.json",

@@ -10,7 +10,6 @@ verification raises :class:`DownloadError` naming the slide, the expected and th
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
 import logging
 import os
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from histosynth.acquire.http import redact as _redact
+from histosynth.acquire.http import retry_after_seconds as _retry_after_seconds
 from histosynth.utils import UserError
 
 log = logging.getLogger(__name__)
@@ -75,16 +76,6 @@ def content_disposition_filename(header: str | None) -> str | None:
     return safe_filename(m.group(1).strip()) if m else None
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
 def _local_source(source: str) -> Path | None:
     u = urlparse(source)
     if u.scheme == "file":
@@ -111,8 +102,11 @@ class _Progress:
 def fetch(source: str, dest, *, md5: str | None = None, size: int | None = None, label: str | None = None,
           headers: dict | None = None, session=None, max_attempts: int = 6, backoff: float = 1.0,
           max_backoff: float = 60.0, timeout: float = 60.0, progress: bool = True,
-          sleep=time.sleep) -> FetchResult:
-    """Fetch `source` to `dest`, verified. See the module docstring for the guarantees."""
+          sleep=time.sleep, check=None) -> FetchResult:
+    """Fetch `source` to `dest`, verified. See the module docstring for the guarantees.
+
+    `check(path) -> str | None` is an extra verification of the complete file before it is
+    renamed into place (e.g. "OpenSlide opens it"); a returned string is the problem found."""
     dest = Path(dest)
     label = label or dest.name
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +152,10 @@ def fetch(source: str, dest, *, md5: str | None = None, size: int | None = None,
             problems.append(f"md5 {actual}, expected {md5}")
         if server_md5 and actual != server_md5:
             problems.append(f"md5 {actual}, server's Content-MD5 says {server_md5}")
+        if not problems and check is not None:
+            problem = check(partial)
+            if problem:
+                problems.append(problem)
         if not problems:
             os.replace(partial, dest)
             log.info("%s: verified %s (%d bytes, md5 %s)", label, dest, got, actual)
@@ -167,13 +165,9 @@ def fetch(source: str, dest, *, md5: str | None = None, size: int | None = None,
         if verify_failures >= 2 or attempts >= max_attempts:
             raise DownloadError(
                 f"slide {label}: downloaded file from {_redact(source)} failed verification twice "
-                f"({'; '.join(problems)}). Nothing was written to {dest}. Check the manifest's md5/size "
+                f"({'; '.join(problems)}). Nothing was written to {dest}. Check the sample sheet's md5/size "
                 f"for this slide, or the source file.")
         log.warning("%s: verification failed (%s); fetching again from the start", label, "; ".join(problems))
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"(token|key|signature)=[^&]+", r"\1=***", url, flags=re.I)
 
 
 def _copy_local(src: Path, partial: Path, label, progress):

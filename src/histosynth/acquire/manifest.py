@@ -62,11 +62,12 @@ def read_manifest(path) -> pd.DataFrame:
     return out
 
 
-def local_slide_path(slide_dir, slide_id: str, source: str) -> str:
+def local_slide_path(slide_dir, slide_id: str, source: str, file_name: str | None = None) -> str:
     """Where a slide is stored locally: ``<slide_dir>/<slide_id><original extension>``.
 
-    The original extension is kept because OpenSlide needs it for some formats (.ndpi)."""
-    name = PurePosixPath(urlparse(source).path).name
+    The original extension (of `file_name` when the source URL has none, as GDC's
+    ``/data/<id>``) is kept because OpenSlide needs it for some formats (.ndpi, .mrxs)."""
+    name = file_name or PurePosixPath(urlparse(source).path).name
     suffix = "".join(PurePosixPath(name).suffixes[-1:]).lower() or ".svs"
     if not re.fullmatch(r"\.[a-z0-9]+", suffix):
         suffix = ".svs"
@@ -75,7 +76,8 @@ def local_slide_path(slide_dir, slide_id: str, source: str) -> str:
 
 def write_sample_sheet(df: pd.DataFrame, slide_dir, out) -> pd.DataFrame:
     df = df.copy()
-    df["path"] = [local_slide_path(slide_dir, s, src) for s, src in zip(df["slide_id"], df["source"])]
+    names = df["file_name"] if "file_name" in df.columns else [None] * len(df)
+    df["path"] = [local_slide_path(slide_dir, s, src, n) for s, src, n in zip(df["slide_id"], df["source"], names)]
     extra = [c for c in df.columns if c not in SHEET_COLUMNS]
     df = df[SHEET_COLUMNS + extra]
     with atomic_path(out) as tmp:

@@ -59,6 +59,7 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
                    "tiles_per_slide": {k: int(v) for k, v in per_slide.items()},
                    "rejected": {k: int(v) for k, v in tiles.loc[~tiles["kept"], "reject_reason"].value_counts().items()},
                    "patients": int(sheet["patient_id"].nunique()),
+                   "md5_published": int((sheet.get("md5_checked_against", pd.Series(dtype=str)) == "published").sum()),
                    "partitions": {k: int(v) for k, v in kept.groupby("partition")["patient_id"].nunique().items()}},
         "gan": {gan_run: {"kimg": stats[-1]["kimg"] if stats else 0, "resolution": opts["resolution"],
                           "conditioning": opts["conditioning"], "n_train_tiles": opts["n_train_tiles"],
@@ -74,7 +75,9 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
     fakes = sorted((gan_dir / "samples").glob("fakes*.png"))
     parts = [f"<h1>histosynth report</h1><p>{html.escape(notes.get('run', ''))}</p>"]
     s = summary["slides"]
-    parts.append(f"<h2>Slides and tiles</h2><p>{s['n']} slides from {s['patients']} patients; {s['tiles']} tiles kept. "
+    parts.append(f"<h2>Slides and tiles</h2><p>{s['n']} slides from {s['patients']} patients "
+                 f"({s['md5_published']} verified against a published MD5, the others' MD5 recorded by us in "
+                 f"results/acquire/slides.verified.tsv); {s['tiles']} tiles kept. "
                  f"Patients per partition: {html.escape(json.dumps(s['partitions']))}. "
                  f"Rejected tiles by filter: {html.escape(json.dumps(s['rejected']))}.</p>")
     if s["zero_tile_slides"]:

@@ -74,3 +74,17 @@ def choose_level(slide, mpp0: float, tile_um: float, tile_px: int) -> LevelChoic
     level_mpp = mpp0 * ds
     read_px = max(1, int(round(tile_um / level_mpp)))
     return LevelChoice(best, ds, level_mpp, read_px, tile_um / mpp0)
+
+
+def openslide_problem(path) -> str | None:
+    """None if OpenSlide opens `path` and can read its lowest-resolution level, else the problem."""
+    import openslide
+
+    try:
+        with openslide.OpenSlide(str(path)) as s:
+            lvl = s.level_count - 1
+            w, h = s.level_dimensions[lvl]
+            s.read_region((0, 0), lvl, (min(w, 64), min(h, 64)))
+    except Exception as exc:  # openslide raises several unrelated types for bad files
+        return f"OpenSlide cannot open it ({type(exc).__name__}: {exc})"
+    return None
