@@ -5,12 +5,16 @@ import logging
 
 import pandas as pd
 import pytest
+from httpfaults import GDCServer, GTExServer
 
-from histosynth.acquire import gdc, gtex
-from histosynth.acquire.query import build_sample_sheet, gdc_manifest_path, write_verified_sheet
+from histosynth.acquire import gdc
+from histosynth.acquire.query import (
+    build_sample_sheet,
+    gdc_manifest_path,
+    write_verified_sheet,
+)
 from histosynth.cli import main
 from histosynth.config import validate
-from httpfaults import GDCServer, GTExServer
 from histosynth.utils import UserError
 
 NOSLEEP = lambda s: None  # noqa: E731

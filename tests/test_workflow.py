@@ -105,7 +105,6 @@ def test_gdc_source_runs_the_dag_against_a_gdc_speaking_server(tmp_path, gdc_coh
     """The README's TCGA command, pointed at a loopback GDC: query (checkpoint), one download job
     per slide (one of them faulty), verification, labels, tiling and the patient split."""
     import pandas as pd
-
     from httpfaults import GDCServer
 
     records, files = gdc_cohort

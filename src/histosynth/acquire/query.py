@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from histosynth.acquire.manifest import read_manifest, read_sample_sheet, write_sample_sheet
+from histosynth.acquire.manifest import (
+    read_manifest,
+    read_sample_sheet,
+    write_sample_sheet,
+)
 from histosynth.utils import UserError, atomic_path
 
 log = logging.getLogger(__name__)
