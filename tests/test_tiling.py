@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import opts_tiles
+
 from histosynth.slides.reader import choose_level, open_slide, slide_mpp
 from histosynth.slides.store import TileStore, read_index
 from histosynth.slides.tiling import tile_slide
@@ -16,9 +16,10 @@ def _run(path, tmp_path, **kw):
     return df, TileStore(f"{out}.tiff")
 
 
+@pytest.mark.parametrize("reader", ["pyvips", "openslide"])
 @pytest.mark.parametrize("which", [0, 1])  # Aperio SVS and generic TIFF
-def test_coordinates_and_content(block_slide, tmp_path, which):
-    df, store = _run(block_slide[which], tmp_path, tile_px=64, tile_um=128)
+def test_coordinates_and_content(block_slide, tmp_path, which, reader):
+    df, store = _run(block_slide[which], tmp_path, tile_px=64, tile_um=128, reader=reader)
     # 128 µm at 0.5 µm/px = 256 level-0 px per tile: an 8x8 grid, read at level 2 (2 µm/px), 64 px, no resampling
     assert len(df) == 64 and df["kept"].all() and set(df["level"]) == {2} and set(df["downsample"]) == {4.0}
     assert sorted(set(df["x"])) == list(range(0, 2048, 256))
@@ -30,12 +31,13 @@ def test_coordinates_and_content(block_slide, tmp_path, which):
     assert (df["mpp"] == 2.0).all()
 
 
-def test_um_scaling_picks_level_and_resamples(block_slide, tmp_path):
+@pytest.mark.parametrize("reader", ["pyvips", "openslide"])
+def test_um_scaling_picks_level_and_resamples(block_slide, tmp_path, reader):
     # 96 µm in 64 px = 1.5 µm/px: level 1 (1 µm/px) is the coarsest at least as fine; 96 px read, resized to 64
     slide = open_slide(block_slide[0])
     ch = choose_level(slide, slide_mpp(slide, "b"), 96, 64)
     assert (ch.level, ch.read_px, ch.stride0) == (1, 96, 192)
-    df, store = _run(block_slide[0], tmp_path, tile_px=64, tile_um=96)
+    df, store = _run(block_slide[0], tmp_path, tile_px=64, tile_um=96, reader=reader)
     assert sorted(set(df["x"]))[:3] == [0, 192, 384] and len(df) == 10 * 10
     # a tile fully inside block (1, 1): x=y=384 spans 384..576 -> crosses into block 2 at 512; check the left part
     r = df[(df.x == 384) & (df.y == 384)].iloc[0]
@@ -111,3 +113,139 @@ def test_zero_tile_slide_is_reported_not_silent(tmp_path):
     assert df["kept"].sum() == 0
     assert len(TileStore(tmp_path / "b.tiff")) == 0
     assert (tmp_path / "b.png").exists() and len(read_index(tmp_path / "b.parquet")) == len(df)
+
+
+def test_backends_agree_on_a_real_looking_slide(artefact_slide, tmp_path):
+    """libvips (resampled once per level) and OpenSlide (per tile) give the same tiles: identical
+    when no resampling is needed, within Lanczos-implementation noise when it is."""
+    path = artefact_slide[0]
+    for tile_um, exact in ((128, True), (96, False)):  # 0.5 µm/px slide: 256 px -> 64 px at level 2; 96 µm -> level 1 resized
+        out = {}
+        for reader in ("pyvips", "openslide"):
+            d = tmp_path / f"{reader}{tile_um}"
+            d.mkdir()
+            out[reader] = _run(path, d, tile_px=64, tile_um=tile_um, reader=reader)
+        (dv, sv), (do, so) = out["pyvips"], out["openslide"]
+        assert dv[["x", "y"]].equals(do[["x", "y"]])
+        diffs = [np.abs(sv[a].astype(int) - so[b].astype(int)).mean() for a, b in zip(dv["page"], do["page"])]
+        assert max(diffs) == 0 if exact else (np.mean(diffs) < 1.5 and max(diffs) < 4), (tile_um, max(diffs))
+
+
+def test_unknown_compression_falls_back_to_openslide(tmp_path, caplog):
+    from histosynth.slides.fastread import tiff_page_for_level
+
+    p = tmp_path / "x.svs"
+    p.write_bytes(b"not a tiff at all")
+    assert tiff_page_for_level(p, (10, 10)) is None
+
+
+def test_in_order_keeps_a_bounded_window():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from histosynth.slides.tiling import _in_order
+
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def work(k):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        return k
+
+    out = []
+    with ThreadPoolExecutor(4) as pool:
+        for k in _in_order(pool, work, range(200), window=6):
+            time.sleep(0.001)  # a slow consumer (the writer)
+            with lock:
+                live[0] -= 1
+            out.append(k)
+    assert out == list(range(200)) and peak[0] <= 7
+
+
+def test_low_resolution_of_a_single_huge_level_is_read_in_strips(tmp_path):
+    import pyvips
+
+    from histosynth.slides.tiling import low_resolution
+
+    p = tmp_path / "flat.tif"
+    x = pyvips.Image.xyz(6000, 5000)
+    img = (x[0] / 6000 * 255).cast("uchar").bandjoin([(x[1] / 5000 * 255).cast("uchar"), (x[0] * 0 + 200).cast("uchar")])
+    img.tiffsave(str(p), tile=True, compression="jpeg", Q=95, xres=2000.0, yres=2000.0, resunit="cm")  # no pyramid
+    slide = open_slide(p)
+    assert slide.level_count == 1
+    thumb, ds = low_resolution(slide, max_dim=2048, max_read=4096)
+    assert ds == 3 and thumb.shape == (1666, 2000, 3)
+    # the gradient survives: red follows x, green follows y
+    assert abs(int(thumb[800, 1000, 0]) - 127) <= 3 and abs(int(thumb[833, 1000, 1]) - 127) <= 3
+
+
+def test_stain_normalisation_macenko_matches_torchstain_and_keeps_qc(artefact_slide, tmp_path):
+    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+    from histosynth.slides.stain import StainNormalizer
+
+    _, store = _run(artefact_slide[0], tmp_path, tile_px=64, tile_um=128)
+    tile = store[3]
+    ours = StainNormalizer("macenko")
+    ours.fit_slide(tile)
+    ref = NumpyMacenkoNormalizer().normalize(tile, stains=False)[0]  # fitted on the same tile: the same transform
+    assert np.abs(ours(tile).astype(int) - ref.astype(int)).max() <= 1
+    # a reference image with different stains moves the tiles' colours toward it
+    d = tmp_path / "n"
+    d.mkdir()
+    from PIL import Image
+
+    purple = tile.astype(float) * [0.8, 0.6, 1.0]
+    Image.fromarray(np.clip(purple, 0, 255).astype(np.uint8)).save(tmp_path / "ref.png")
+    dn, sn = _run(artefact_slide[0], d, tile_px=64, tile_um=128, stain_norm="macenko", stain_reference=str(tmp_path / "ref.png"))
+    (tmp_path / "plain").mkdir()
+    d0, s0 = _run(artefact_slide[0], tmp_path / "plain", tile_px=64, tile_um=128)
+    assert (dn["stain_norm"] == "macenko").all()
+    assert dn[["whitespace_fraction", "blur", "pen_fraction"]].equals(d0[["whitespace_fraction", "blur", "pen_fraction"]])
+    kept = dn[dn["kept"]]["page"]
+    g_norm = np.mean([sn[p][..., 1].mean() / max(sn[p][..., 2].mean(), 1) for p in kept])
+    g_raw = np.mean([s0[p][..., 1].mean() / max(s0[p][..., 2].mean(), 1) for p in kept])
+    assert g_norm < g_raw - 0.03  # green pulled down relative to blue, as in the reference
+
+
+def test_stain_normalisation_reinhard_matches_reference_statistics(tmp_path):
+    import cv2
+
+    from histosynth.slides.stain import StainNormalizer
+
+    rng = np.random.default_rng(0)
+    src = np.clip(rng.normal([200, 120, 170], 25, (64, 64, 3)), 0, 255).astype(np.uint8)
+    ref = np.clip(rng.normal([170, 90, 190], 35, (64, 64, 3)), 0, 255).astype(np.uint8)
+    n = StainNormalizer("reinhard", ref)
+    n.fit_slide(src)
+    out = n(src)
+    lab = lambda a: cv2.cvtColor(a.astype(np.float32) / 255, cv2.COLOR_RGB2Lab).reshape(-1, 3)  # noqa: E731
+    assert np.allclose(lab(out).mean(0), lab(ref).mean(0), atol=1.5)
+    assert np.allclose(lab(out).std(0), lab(ref).std(0), rtol=0.1, atol=1.0)
+    with pytest.raises(UserError, match="stain_reference"):
+        StainNormalizer("reinhard", None)
+
+
+def test_qc_scores_match_their_definitions():
+    """The OpenCV scores equal the definitions computed slowly and exactly in numpy/scipy."""
+    from scipy import ndimage
+
+    from histosynth.slides.qc import tile_scores
+
+    rng = np.random.default_rng(1)
+    tile = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    tile[:8] = 240  # some white
+    tile[8:16] = [100, 104, 101]  # some grey
+    s = tile_scores(tile, 230, 0.05)
+    t = tile.astype(np.int64)
+    mx, mn = t.max(-1), t.min(-1)
+    assert s["whitespace_fraction"] == np.mean(t.sum(-1) > 690)
+    assert s["grayspace_fraction"] == np.mean((mx - mn) * 20 < mx)  # saturation < 0.05, exactly
+    assert s["blur"] == pytest.approx(ndimage.laplace(t.mean(-1)).var(), rel=1e-5)
+    assert s["mean_od"] == pytest.approx((-np.log(np.clip(t, 1, 255) / 255)).mean(), rel=1e-6)
+    # pen: pure marker colours count, H&E colours do not
+    green, blue_ink, hema, eosin = [40, 150, 70], [30, 110, 200], [70, 40, 140], [230, 120, 190]
+    for colour, expected in ((green, 1.0), (blue_ink, 1.0), (hema, 0.0), (eosin, 0.0)):
+        assert tile_scores(np.full((8, 8, 3), colour, np.uint8))["pen_fraction"] == expected, colour

@@ -34,10 +34,20 @@ class TileStoreWriter:
         self.n = 0
         self.level = compression_level
 
+    def encode(self, tile: np.ndarray) -> bytes:
+        """The page's deflate stream (thread-safe: tiling threads encode while one thread writes)."""
+        import zlib
+
+        return zlib.compress(np.ascontiguousarray(tile, dtype=np.uint8).tobytes(), self.level)
+
     def append(self, tile: np.ndarray) -> int:
+        return self.append_encoded(self.encode(tile), tile.shape)
+
+    def append_encoded(self, encoded: bytes, shape) -> int:
+        """Append a page from `encode()`'s output: one deflate strip of an RGB uint8 tile."""
         desc = json.dumps({"histosynth_tile_store": 1, **self.meta}) if self.n == 0 else None
-        self._tif.write(np.ascontiguousarray(tile, dtype=np.uint8), photometric="rgb",
-                        compression="zlib", compressionargs={"level": self.level}, description=desc, metadata=None)
+        self._tif.write(iter([encoded]), shape=tuple(shape), dtype=np.uint8, photometric="rgb", compression="zlib",
+                        rowsperstrip=int(shape[0]), description=desc, metadata=None)
         self.n += 1
         return self.n - 1
 

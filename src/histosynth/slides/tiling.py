@@ -4,14 +4,19 @@
 2. A grid of tiles with a level-0 stride of ``tile_um / mpp`` px; positions whose footprint in
    the mask is less than ``min_tissue_fraction`` tissue are skipped without being decoded.
 3. Each remaining tile is read at the coarsest level still at least as fine as needed and
-   resized with an antialiasing (Lanczos) filter to ``tile_px``; QC scores decide if it is kept.
-4. Kept tiles go to the slide's tile store, every evaluated position to the index, and a QC
+   resampled with an antialiasing (Lanczos-3) filter to ``tile_px`` (``slides.fastread``:
+   libvips for TIFF-based slides, OpenSlide otherwise), by the rule's threads, with a bounded
+   number of tiles in flight so memory does not grow with the slide; QC scores decide if it
+   is kept.
+4. Optionally, stain normalisation (``slides.stain``) fitted once per slide on a sample of its
+   tissue tiles; QC scores are always those of the tile as scanned.
+5. Kept tiles go to the slide's tile store, every evaluated position to the index, and a QC
    thumbnail shows the mask and kept / rejected tiles.
 """
 from __future__ import annotations
 
 import logging
-import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,9 +24,10 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from histosynth.slides import qc
+from histosynth.slides.fastread import GridReader
 from histosynth.slides.reader import choose_level, open_slide, slide_mpp
 from histosynth.slides.store import TileStoreWriter, write_index
-from histosynth.utils import UserError, atomic_path
+from histosynth.utils import UserError, atomic_path, release_free_memory
 
 log = logging.getLogger(__name__)
 REASON_COLOURS = {"": (0, 170, 0), "pen": (0, 90, 255), "whitespace": (150, 150, 150),
@@ -35,13 +41,62 @@ def _mask_level(slide, max_dim: int = 2048) -> int:
     return slide.level_count - 1
 
 
+def grid_shape(dims0, stride0: float) -> tuple[int, int]:
+    """Whole tiles of `stride0` level-0 px that fit across and down."""
+    return int(dims0[0] // stride0), int(dims0[1] // stride0)
+
+
 def grid_positions(dims0, stride0: float):
-    """Top-left level-0 coordinates of every whole tile on a grid of `stride0` px."""
-    w, h = dims0
-    nx, ny = int(w // stride0), int(h // stride0)
+    """Top-left level-0 coordinates of every whole tile on a grid of `stride0` px (row-major)."""
+    return [(x, y) for _, _, x, y in grid_cells(dims0, stride0)]
+
+
+def grid_cells(dims0, stride0: float):
+    """(i, j, x, y) of every grid tile: column, row and level-0 top-left corner."""
+    nx, ny = grid_shape(dims0, stride0)
     xs = np.round(np.arange(nx) * stride0).astype(int)
     ys = np.round(np.arange(ny) * stride0).astype(int)
-    return [(x, y) for y in ys for x in xs]
+    return [(i, j, int(xs[i]), int(ys[j])) for j in range(ny) for i in range(nx)]
+
+
+def low_resolution(slide, max_dim: int = 2048, max_read: int = 4096):
+    """(RGB image, downsample) of the slide at about `max_dim` px, in bounded memory.
+
+    The finest pyramid level of at most `max_dim` px (else the coarsest level) is read whole
+    when it is at most `max_read` px; a slide without such a level (a single huge level) is
+    read in strips that are reduced as they arrive, so a 100,000 px slide never sits in memory."""
+    lvl = _mask_level(slide, max_dim)
+    w, h = slide.level_dimensions[lvl]
+    ds = float(slide.level_downsamples[lvl])
+    if max(w, h) <= max_read:
+        return np.asarray(slide.read_region((0, 0), lvl, (w, h)).convert("RGB")), ds
+    import cv2
+
+    f = int(np.ceil(max(w, h) / max_dim))
+    out_w, out_h = w // f, h // f
+    strip = f * max(1, 1024 // f)
+    rows = []
+    for y in range(0, out_h * f, strip):
+        hh = min(strip, out_h * f - y)
+        region = np.asarray(slide.read_region((0, int(y * ds)), lvl, (out_w * f, hh)).convert("RGB"))
+        rows.append(cv2.resize(region, (out_w, hh // f), interpolation=cv2.INTER_AREA))
+    return np.concatenate(rows, 0), ds * f
+
+
+def _in_order(pool, fn, items, window: int):
+    """pool.map with at most `window` results in flight (Executor.map submits everything at once,
+    so finished tiles would pile up in memory while the writer catches up)."""
+    pending = deque()
+    it = iter(items)
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            break
+    for item in it:
+        yield pending.popleft().result()
+        pending.append(pool.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
 
 
 def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict, *, patient_id: str = "",
@@ -64,56 +119,66 @@ def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict,
         raise UserError(f"slide {slide_id}: a tile of {tile_um} µm ({choice.stride0:.0f} px at {mpp0} µm/px) is "
                         f"larger than the slide ({w0}x{h0} px); lower tiles.tile_um")
 
-    mlevel = _mask_level(slide)
-    mds = float(slide.level_downsamples[mlevel])
     try:
-        thumb = np.asarray(slide.read_region((0, 0), mlevel, slide.level_dimensions[mlevel]).convert("RGB"))
+        thumb, mds = low_resolution(slide)
     except Exception as exc:  # openslide raises its own errors for corrupt tiles
         raise UserError(f"slide {slide_id}: cannot decode {path} ({exc}); the file is probably corrupt or truncated") from None
     mask = qc.tissue_mask(thumb, opts["tissue"], opts["tissue_min_saturation"])
 
     candidates = []
-    for x, y in grid_positions((w0, h0), choice.stride0):
+    for i, j, x, y in grid_cells((w0, h0), choice.stride0):
         mx0, my0 = int(x / mds), int(y / mds)
         mx1, my1 = max(mx0 + 1, int((x + choice.stride0) / mds)), max(my0 + 1, int((y + choice.stride0) / mds))
         frac = float(mask[my0:my1, mx0:mx1].mean()) if mask[my0:my1, mx0:mx1].size else 0.0
         if frac >= opts["min_tissue_fraction"]:
-            candidates.append((x, y, frac))
+            candidates.append((i, j, x, y, frac))
 
-    local = threading.local()
+    try:
+        reader = GridReader(path, slide, choice, tile_px, grid_shape((w0, h0), choice.stride0), opts["reader"], slide_id)
+    except RuntimeError as exc:
+        raise UserError(f"{exc}; set tiles.reader to auto or openslide") from None
+    log.info("%s: reading with %s", slide_id, reader.backend)
+    normalize = _stain_normalizer(opts, reader, candidates, slide_id)
 
     def read(pos):
-        if not hasattr(local, "slide"):
-            local.slide = open_slide(path, slide_id)
-        x, y, frac = pos
-        img = local.slide.read_region((x, y), choice.level, (choice.read_px, choice.read_px)).convert("RGB")
-        if choice.read_px != tile_px:
-            img = img.resize((tile_px, tile_px), Image.Resampling.LANCZOS)
-        tile = np.asarray(img)
-        return tile, qc.tile_scores(tile, opts["whitespace_threshold"], opts["grayspace_threshold"])
+        i, j, x, y, _ = pos
+        try:
+            tile = reader.read(i, j, x, y)
+        except Exception as exc:
+            raise UserError(f"slide {slide_id}: cannot decode the tile at level-0 ({x}, {y}) of {path} ({exc}); the "
+                            f"file is probably corrupt or truncated; re-download it") from None
+        scores = qc.tile_scores(tile, opts["whitespace_threshold"], opts["grayspace_threshold"])
+        if qc.reject_reason(scores, opts):
+            return None, scores
+        if normalize is not None:
+            tile = normalize(tile)
+        return writer.encode(tile), scores  # deflate here, in parallel; the writer thread only appends
 
     rows = []
     meta = dict(slide_id=slide_id, tile_px=tile_px, tile_um=tile_um, mpp=tile_um / tile_px)
     max_tiles = opts.get("max_tiles_per_slide")
     n_kept = 0
     with TileStoreWriter(out_store, meta) as writer, ThreadPoolExecutor(max(1, threads)) as pool:
-        it = pool.map(read, candidates)
-        for (x, y, frac), (tile, scores) in tqdm(zip(candidates, it), total=len(candidates), desc=slide_id,
-                                                 unit="tile", disable=not progress):
+        it = _in_order(pool, read, candidates, window=8 * max(1, threads))
+        for (_, _, x, y, frac), (encoded, scores) in tqdm(zip(candidates, it), total=len(candidates), desc=slide_id,
+                                                          unit="tile", disable=not progress):
             reason = qc.reject_reason(scores, opts)
             if not reason and max_tiles and n_kept >= max_tiles:
                 reason = "max_tiles"
             page = -1
             if not reason:
-                page = writer.append(tile)
+                page = writer.append_encoded(encoded, (tile_px, tile_px, 3))
                 n_kept += 1
+            if len(rows) % 32 == 31:  # every 32 tiles: no measurable cost
+                release_free_memory()  # peak memory stays flat however large the slide
             rows.append(dict(slide_id=slide_id, patient_id=patient_id, label=label, page=page, x=x, y=y,
                              level=choice.level, downsample=choice.downsample, mpp=tile_um / tile_px,
                              tile_px=tile_px, tile_um=tile_um, tissue_fraction=frac, **scores,
+                             stain_norm=opts["stain_norm"],
                              kept=not reason, reject_reason=reason))
     cols = ["slide_id", "patient_id", "label", "page", "x", "y", "level", "downsample", "mpp", "tile_px", "tile_um",
             "tissue_fraction", "whitespace_fraction", "grayspace_fraction", "blur", "pen_fraction", "mean_od",
-            "kept", "reject_reason"]
+            "stain_norm", "kept", "reject_reason"]
     df = pd.DataFrame(rows, columns=cols)
     df["store"] = str(out_store)
     write_index(df, out_index)
@@ -123,6 +188,31 @@ def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict,
     log.info("%s: %d tiles kept of %d tissue positions (level %d, %.3f µm/px read, %d px -> %d px)", slide_id,
              n_kept, len(candidates), choice.level, choice.level_mpp, choice.read_px, tile_px)
     return df
+
+
+def _stain_normalizer(opts, reader, candidates, slide_id):
+    """The slide's fitted stain normaliser, or None. Fitted on up to `stain_fit_tiles` tissue
+    tiles spread evenly over the slide (QC-passing ones only)."""
+    if opts["stain_norm"] == "none" or not candidates:
+        return None
+    from histosynth.slides.stain import StainNormalizer, load_reference
+
+    ref = load_reference(opts["stain_reference"]) if opts.get("stain_reference") else None
+    norm = StainNormalizer(opts["stain_norm"], ref)
+    pick = np.unique(np.linspace(0, len(candidates) - 1, min(len(candidates), 4 * opts["stain_fit_tiles"])).astype(int))
+    sample = []
+    for k in pick:
+        i, j, x, y, _ = candidates[k]
+        tile = reader.read(i, j, x, y)
+        if not qc.reject_reason(qc.tile_scores(tile, opts["whitespace_threshold"], opts["grayspace_threshold"]), opts):
+            sample.append(tile)
+        if len(sample) >= opts["stain_fit_tiles"]:
+            break
+    if not sample:
+        return None
+    norm.fit_slide(np.stack(sample), slide_id)
+    log.info("%s: %s stain normalisation fitted on %d tiles", slide_id, opts["stain_norm"], len(sample))
+    return norm
 
 
 def _write_thumbnail(thumb, mask, df, mds, stride0, out):
