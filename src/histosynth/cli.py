@@ -127,6 +127,11 @@ def cmd_train_gan(a):
     o["threads"] = a.threads
     import os
 
+    ntasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    if ntasks > 1:
+        raise UserError(f"train-gan is running as one of {ntasks} SLURM tasks (SLURM_NTASKS={ntasks}): every task would "
+                        f"train the same run into the same folder. Give the train_gan rule one task (resources tasks=1, "
+                        f"as profiles/slurm does); it launches torchrun for all its GPUs itself.")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if int(os.environ.get("RANK", "0")) == 0:
         log.info("train_gan: %d process(es); CUDA devices visible: %s", world, _cuda_count())
