@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histosynth.acquire.gdc import cap_per_class
 from histosynth.acquire.http import SourceError, request
 from histosynth.utils import UserError
 
@@ -101,7 +100,7 @@ def select(ann: pd.DataFrame, o: dict, *, session=None, sleep=None, source_file=
 
     Candidates are probed in the seeded order, so a missing image is replaced by the next one."""
     cand = candidates(ann, o, source_file)
-    order = cap_per_class(cand, None, o["seed"], key="slide_id")
+    order = cand.sort_values("slide_id", kind="stable")  # server-independent order before the seeded shuffle
     rng = np.random.default_rng(o["seed"])
     chosen, missing = [], []
     cap = o["max_slides_per_class"]

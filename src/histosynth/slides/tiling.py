@@ -46,11 +46,6 @@ def grid_shape(dims0, stride0: float) -> tuple[int, int]:
     return int(dims0[0] // stride0), int(dims0[1] // stride0)
 
 
-def grid_positions(dims0, stride0: float):
-    """Top-left level-0 coordinates of every whole tile on a grid of `stride0` px (row-major)."""
-    return [(x, y) for _, _, x, y in grid_cells(dims0, stride0)]
-
-
 def grid_cells(dims0, stride0: float):
     """(i, j, x, y) of every grid tile: column, row and level-0 top-left corner."""
     nx, ny = grid_shape(dims0, stride0)
