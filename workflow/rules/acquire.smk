@@ -8,8 +8,10 @@ rule demo_slides:
         mem_mb=4000,
     params:
         opts=opts("demo"),
+    conda:
+        "../envs/acquire.yaml"
     shell:
-        "histosynth -q demo-slides --options {params.opts:q} --outdir {config[demo][outdir]} "
+        "{HISTOSYNTH} -q demo-slides --options {params.opts:q} --outdir {config[demo][outdir]} "
         "--manifest {output.manifest} > {log} 2>&1"
 
 
@@ -26,8 +28,10 @@ checkpoint acquire_query:
         mem_mb=1000,
     params:
         opts=opts("acquire"),
+    conda:
+        "../envs/acquire.yaml"
     shell:
-        "histosynth -q acquire-query --options {params.opts:q} --out {output.sheet} > {log} 2>&1"
+        "{HISTOSYNTH} -q acquire-query --options {params.opts:q} --out {output.sheet} > {log} 2>&1"
 
 
 rule download:
@@ -47,8 +51,10 @@ rule download:
     retries: 1
     params:
         opts=opts("acquire"),
+    conda:
+        "../envs/acquire.yaml"
     shell:
-        "histosynth -q download --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
+        "{HISTOSYNTH} -q download --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
         "--out {output.slide} --record {output.record} > {log} 2>&1"
 
 
@@ -63,5 +69,7 @@ rule acquire_record:
     threads: 1
     resources:
         mem_mb=1000,
+    conda:
+        "../envs/acquire.yaml"
     shell:
-        "histosynth -q acquire-record --sheet {input.sheet} --records {input.records} --out {output.sheet} > {log} 2>&1"
+        "{HISTOSYNTH} -q acquire-record --sheet {input.sheet} --records {input.records} --out {output.sheet} > {log} 2>&1"

@@ -16,6 +16,8 @@ rule classify:
         mem_mb=12000,
     params:
         opts=opts("classify"),
+    conda:
+        "../envs/torch.yaml"
     shell:
-        "histosynth -q classify --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
+        "{HISTOSYNTH} -q classify --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
         "--network {input.network} --outdir results/classify > {log} 2>&1"

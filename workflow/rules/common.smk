@@ -12,6 +12,17 @@ from histosynth.config import validate as _hs_validate
 _hs_validate(config, "config")
 
 GAN = config["gan"]["name"]
+
+# How rules call histosynth. Normally the `histosynth` command installed beside Snakemake.
+# Under `--software-deployment-method conda` each rule runs in its pinned environment from
+# workflow/envs/, which holds the dependencies but not histosynth: the code then runs from
+# this checkout's src/ (the same code, whatever the environment).
+if "conda" in {str(m).lower().rsplit(".", 1)[-1] for m in workflow.deployment_settings.deployment_method}:
+    HS_ENV = "PYTHONPATH={}${{PYTHONPATH:+:$PYTHONPATH}} ".format(shlex.quote(str(Path(workflow.basedir).parent / "src")))
+    HISTOSYNTH = HS_ENV + "python -m histosynth.cli"
+else:
+    HS_ENV = ""
+    HISTOSYNTH = "histosynth"
 DEMO_MANIFEST = str(Path(config["demo"]["outdir"]) / "manifest.tsv")
 
 

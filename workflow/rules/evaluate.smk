@@ -10,8 +10,10 @@ rule train_reference:
         mem_mb=8000,
     params:
         opts=opts("classify"),
+    conda:
+        "../envs/torch.yaml"
     shell:
-        "histosynth -q train-reference --options {params.opts:q} --tiles {input.tiles} --out {output.model} > {log} 2>&1"
+        "{HISTOSYNTH} -q train-reference --options {params.opts:q} --tiles {input.tiles} --out {output.model} > {log} 2>&1"
 
 
 rule fetch_inception:
@@ -21,8 +23,10 @@ rule fetch_inception:
         "logs/fetch_inception.log",
     params:
         url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    conda:
+        "../envs/torch.yaml"
     shell:
-        "python -m histosynth.evaluate.fetch_weights {params.url:q} {output} > {log} 2>&1"
+        "{HS_ENV}python -m histosynth.evaluate.fetch_weights {params.url:q} {output} > {log} 2>&1"
 
 
 def evaluate_inputs(wildcards):
@@ -49,6 +53,8 @@ rule evaluate:
     params:
         opts=opts("evaluate"),
         partitions=" ".join(config["gan"]["train_partitions"]),
+    conda:
+        "../envs/torch.yaml"
     shell:
-        "histosynth -q evaluate --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
+        "{HISTOSYNTH} -q evaluate --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
         "--reference {input.reference} --real-partitions {params.partitions} --out {output.metrics} > {log} 2>&1"

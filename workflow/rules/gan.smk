@@ -16,10 +16,12 @@ rule train_gan:
         opts=opts("gan"),
         outdir=f"results/gan/{GAN}",
         launcher=(
-            f"torchrun --standalone --nproc-per-node {config['gan']['gpus']} -m histosynth.cli"
+            f"{HS_ENV}torchrun --standalone --nproc-per-node {config['gan']['gpus']} -m histosynth.cli"
             if config["gan"]["gpus"] > 1
-            else "histosynth"
+            else HISTOSYNTH
         ),
+    conda:
+        "../envs/torch.yaml"
     shell:
         "{params.launcher} -q train-gan --options {params.opts:q} --tiles {input.tiles} --outdir {params.outdir} "
         "--threads {threads} > {log} 2>&1"
@@ -42,6 +44,8 @@ rule generate:
     params:
         opts=opts("generate"),
         outdir=f"results/generate/{GAN}",
+    conda:
+        "../envs/torch.yaml"
     shell:
-        "histosynth -q generate --options {params.opts:q} --network {input.network} --tiles {input.tiles} "
+        "{HISTOSYNTH} -q generate --options {params.opts:q} --network {input.network} --tiles {input.tiles} "
         "--outdir {params.outdir} --out-index {output.index} --blend-png {output.blend} --blend-gif {output.gif} > {log} 2>&1"

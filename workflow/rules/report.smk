@@ -17,7 +17,9 @@ rule report:
         mem_mb=2000,
     params:
         run_name=config["run_name"],
+    conda:
+        "../envs/report.yaml"
     shell:
-        "histosynth -q report --sheet {input.sheet} --tiles {input.tiles} --gan-dir results/gan/{GAN} "
+        "{HISTOSYNTH} -q report --sheet {input.sheet} --tiles {input.tiles} --gan-dir results/gan/{GAN} "
         "--gan-run {GAN} --metrics {input.metrics} --study {input.study} --qc-dir results/tiles/qc "
         "--out-json {output.json} --out-html {output.html} --run-name {params.run_name:q} > {log} 2>&1"

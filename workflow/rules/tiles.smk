@@ -15,8 +15,10 @@ rule tile:
         mem_mb=4000,
     params:
         opts=opts("tiles"),
+    conda:
+        "../envs/slides.yaml"
     shell:
-        "histosynth -q tile --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
+        "{HISTOSYNTH} -q tile --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
         "--slide {input.slide} --store {output.store} --index {output.index} --thumb {output.thumb} "
         "--threads {threads} > {log} 2>&1"
 
@@ -35,6 +37,8 @@ rule split:
         mem_mb=2000,
     params:
         opts=opts("split"),
+    conda:
+        "../envs/slides.yaml"
     shell:
-        "histosynth -q split --options {params.opts:q} --sheet {input.sheet} --indexes {input.indexes} "
+        "{HISTOSYNTH} -q split --options {params.opts:q} --sheet {input.sheet} --indexes {input.indexes} "
         "--out-split {output.split} --out-tiles {output.tiles} > {log} 2>&1"

@@ -1,0 +1,124 @@
+"""Which third-party modules each `histosynth <stage>` can import, found statically.
+
+The CLI imports stage code lazily inside each `cmd_*` function, and the stage modules
+import their own dependencies; following those imports (module level and function level
+alike) gives everything a stage could need at run time, without importing anything.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _module_file(name: str) -> Path | None:
+    parts = name.split(".")
+    base = SRC.joinpath(*parts)
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.exists():
+            return p
+    return None
+
+
+def _optional(node: ast.AST) -> set[int]:
+    """ids of import nodes inside `try: ... except ImportError` (optional dependencies)."""
+    out: set[int] = set()
+    for t in ast.walk(node):
+        if isinstance(t, ast.Try) and any(
+            isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+            for h in t.handlers
+        ):
+            out.update(id(n) for stmt in t.body for n in ast.walk(stmt))
+    return out
+
+
+def _imports(node: ast.AST, module: str) -> set[str]:
+    """Absolute module names imported anywhere under `node`, optional imports excepted."""
+    out: set[str] = set()
+    optional = _optional(node)
+    for n in ast.walk(node):
+        if id(n) in optional:
+            continue
+        if isinstance(n, ast.Import):
+            out.update(a.name for a in n.names)
+        elif isinstance(n, ast.ImportFrom):
+            if n.level:
+                f = _module_file(module)
+                parts = module.split(".")
+                if f is not None and f.name == "__init__.py":
+                    parts = parts + ["__init__"]
+                root = ".".join(parts[: -n.level] + ([n.module] if n.module else []))
+            else:
+                root = n.module or ""
+            out.add(root)
+            for a in n.names:  # `from histosynth.x import y` may name a submodule
+                if _module_file(f"{root}.{a.name}"):
+                    out.add(f"{root}.{a.name}")
+    return out
+
+
+def third_party(roots: set[str]) -> set[str]:
+    """Top-level third-party module names reachable from the histosynth modules `roots`."""
+    seen: set[str] = set()
+    found: set[str] = set()
+    todo = list(roots)
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        # importing a.b.c runs a/__init__ and a/b/__init__ too
+        parts = mod.split(".")
+        for i in range(1, len(parts)):
+            todo.append(".".join(parts[:i]))
+        f = _module_file(mod)
+        if f is None:
+            continue
+        for imp in _imports(ast.parse(f.read_text()), mod):
+            top = imp.split(".")[0]
+            if top == "histosynth":
+                todo.append(imp)
+            elif top and top not in sys.stdlib_module_names and top != "__future__":
+                found.add(top)
+    return found
+
+
+def stage_modules() -> dict[str, set[str]]:
+    """`histosynth` subcommand -> the histosynth modules its cmd_* function imports."""
+    tree = ast.parse((SRC / "histosynth" / "cli.py").read_text())
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    module_level = {imp for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+                    for imp in _imports(n, "histosynth.cli")}
+
+    def reached(name: str) -> set[str]:
+        """cli functions `name` runs: itself and the module-level helpers it calls."""
+        out, todo = set(), [name]
+        while todo:
+            f = todo.pop()
+            if f in out:
+                continue
+            out.add(f)
+            todo += [n.id for n in ast.walk(funcs[f]) if isinstance(n, ast.Name) and n.id in funcs]
+        return out
+
+    base = reached("main") - {f for f in funcs if f.startswith("cmd_")}
+    result = {}
+    for name in funcs:
+        if name.startswith("cmd_"):
+            mods = set(module_level)
+            for f in base | reached(name):
+                mods |= _imports(funcs[f], "histosynth.cli")
+            result[name[4:].replace("_", "-")] = mods
+    return result
+
+
+def stage_requirements() -> dict[str, set[str]]:
+    return {sub: third_party(mods) for sub, mods in stage_modules().items()}
+
+
+if __name__ == "__main__":
+    for sub, mods in sorted(stage_requirements().items()):
+        print(f"{sub:18s} {' '.join(sorted(mods))}")
