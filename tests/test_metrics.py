@@ -53,3 +53,37 @@ def test_precision_recall_separate_quality_from_coverage():
     far = rng.normal(size=(600, 2)) + 10
     p, r = M.precision_recall(real, far, k=3)
     assert p == 0 and r == 0
+
+
+def _write_inception_weights(path, monkeypatch):
+    """A weights file in torch-fidelity's format (random values: the real file cannot be
+    downloaded here) so the production loading path runs on it."""
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "load", lambda *a, **k: {})
+        m.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+    torch.manual_seed(0)
+    torch.save(net.state_dict(), path)
+
+
+def test_inception_extractor_from_a_local_weights_file(tmp_path, monkeypatch):
+    from toydata import toy_tiles
+
+    from histosynth.evaluate.features import inception_extractor, inception_features
+    from histosynth.utils import UserError
+
+    with pytest.raises(UserError, match="fetch_inception"):
+        inception_extractor(tmp_path / "missing.pth")
+    w = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    _write_inception_weights(w, monkeypatch)
+    ext = inception_extractor(w)
+    tiles, labels = toy_tiles(12, px=32)
+    f = inception_features(ext, tiles, batch=16)
+    assert f.shape == (24, 2048) and np.isfinite(f).all() and f.std() > 0
+    assert np.allclose(inception_features(ext, tiles[:6], batch=4), f[:6], rtol=1e-4, atol=1e-6 * f.std())
+    f = f / f.std()  # random weights give tiny activations; FID is compared within this scale
+    dark, light = f[labels == "dark"], f[labels == "light"]
+    assert M.fid(dark[:6], dark[6:]) < M.fid(dark[:6], light[:6])

@@ -22,6 +22,10 @@ TINY = {
     "evaluate": {"extractors": ["domain"], "allow_small": True, "kid_subset_size": 100, "kid_subsets": 20},
     "classify": {"arch": "shufflenet_v2_x0_5", "synthetic_ratio": [1], "seeds": [0, 1], "steps": 10, "batch": 16,
                  "bootstrap": 100},
+    "expression": {"enabled": True, "matrix": "resources/demo/expression_tpm.gct.gz", "id_regex": "^(P\\d+)-",
+                   "new_profiles": "resources/demo/new_profiles.csv", "vae_samples": 2, "per_profile": 4,
+                   "heldout_per_profile": 40, "top_variance": 200,
+                   "vae": {"epochs": 60, "latent": 8, "hidden": [64, 32]}, "gan": {"kimg": 0.2}},
 }
 SNAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--cores", "2"]
 
@@ -61,6 +65,35 @@ def test_summary_has_every_design_key_with_measured_values(workdir):
     assert s["classifier"]["real"]["n_train_synthetic"] == 0 and s["classifier"]["synthetic"]["n_train_real"] == 0
     html = (workdir / "results/report/summary.html").read_text()
     assert "data:image/png;base64" in html and "real-vs-real" in html and "BELOW min_samples" in html
+
+
+def test_expression_run_end_to_end(workdir):
+    """The RNA-GAN path of the DAG: profiles -> beta-VAE -> expression-conditioned GAN ->
+    tiles from training, held-out, new and sampled profiles -> numbers in the report."""
+    import pandas as pd
+
+    s = json.loads((workdir / "results/report/summary.json").read_text())
+    run_ = "stylegan2-expression"
+    assert s["gan"][run_]["conditioning"] == "expression" and s["gan"][run_]["kimg"] >= 0.2
+    assert math.isfinite(s["metrics"][run_]["domain"]["fid"]) and 0 <= s["concordance"][run_]["weak"] <= 1
+    e = s["expression"][run_]
+    assert e["key"] == "patient_id" and e["n_profiles"] == 6 and e["n_genes"] == 200 and e["latent"] == 8
+    assert set(e["vae_reconstruction"]) == {"train", "test"}
+    ps = e["profile_specificity"]["domain"]
+    assert ps["n_keys"] == 2 and ps["pairs"] == 2 and math.isfinite(ps["mean_gap"])
+    opts = json.loads((workdir / f"results/gan/{run_}/training_options.json").read_text())
+    assert opts["n_train_patients"] == 4 and opts["c_dim"] == 8
+    syn = pd.read_parquet(workdir / f"results/generate/{run_}/synthetic.parquet")
+    assert len(syn) == 400 and set(syn["label"]) == {"tumor", "normal"}
+    test_pats = set(pd.read_csv(workdir / "results/split/split.tsv", sep="\t").query("partition == 'test'")["patient_id"])
+    assert not set(syn["expression_key"]) & test_pats  # the classifier-facing tiles come from training profiles only
+    held = pd.read_parquet(workdir / f"results/generate/{run_}/heldout.parquet")
+    assert set(held["expression_key"]) == test_pats and len(held) == 80
+    prof = pd.read_parquet(workdir / f"results/generate/{run_}/profiles.parquet")
+    assert prof["condition"].str.startswith("profile-NEW").sum() == 4 * 4
+    assert prof["condition"].str.startswith("vae-sample-").sum() == 2 * 4
+    html = (workdir / "results/report/summary.html").read_text()
+    assert "Expression-conditioned run" in html and "β-VAE reconstruction" in html
 
 
 def test_outputs_use_one_store_format(workdir):

@@ -135,7 +135,15 @@ def cmd_train_gan(a):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if int(os.environ.get("RANK", "0")) == 0:
         log.info("train_gan: %d process(es); CUDA devices visible: %s", world, _cuda_count())
-    train(read_index(a.tiles), a.outdir, o, progress=not a.quiet)
+    tiles = read_index(a.tiles)
+    if o["conditioning"] == "expression":
+        from histosynth.expression.prepare import attach_embeddings
+
+        if not a.embeddings:
+            raise UserError("gan.conditioning: expression needs --embeddings (results/expression/embeddings.parquet, "
+                            "from the train_vae rule)")
+        tiles = attach_embeddings(tiles, read_index(a.embeddings))
+    train(tiles, a.outdir, o, progress=not a.quiet)
 
 
 def _cuda_count():
@@ -161,6 +169,149 @@ def cmd_generate(a):
         class_blend_grid(a.network, a.blend_png, a.blend_gif, o["blend_seeds"], o["blend_steps"], dev)
     write_index(pd.DataFrame(df), a.out_index)
     log.info("generated %d tiles: %s", len(df), df["condition"].value_counts().to_dict())
+
+
+def cmd_expression_prepare(a):
+    import pandas as pd
+
+    from histosynth.acquire.manifest import read_sample_sheet
+    from histosynth.expression.io import read_matrix
+    from histosynth.expression.prepare import cohort_keys, key_of, prepare
+    from histosynth.slides.store import write_index
+
+    o = _opts(a, "expression")
+    o["matrix"] = a.matrix or o["matrix"]
+    if not o["matrix"]:
+        raise UserError("expression.matrix is not set: give a GCT, CSV or STAR manifest of the cohort's profiles")
+    sheet = read_sample_sheet(a.sheet)
+    split = pd.read_csv(a.split, sep="\t", dtype=str)
+    wanted = set(cohort_keys(sheet, split, o["key"])["key"])
+    values, genes = read_matrix(o["matrix"], o["format"], samples=lambda sid: key_of(sid, o["key"], o["id_regex"]) in wanted,
+                                star_column=o["star_column"])
+    profiles, transform = prepare(values, genes, sheet, split, o)
+    write_index(profiles, a.out_profiles)
+    write_json(a.out_transform, transform)
+
+
+def cmd_train_vae(a):
+    from histosynth.expression.vae import embedding_frame, save_vae, train_vae
+    from histosynth.report.plots import vae_plot
+    from histosynth.slides.store import read_index, write_index
+
+    o = _opts(a, "expression")
+    profiles = read_index(a.profiles)
+    transform = json.loads(Path(a.transform).read_text())
+    model, history, report = train_vae(profiles, o["vae"], progress=not a.quiet)
+    for part, r in report.items():
+        log.info("beta-VAE %s (%d): MSE/gene %.3f vs mean profile %.3f (R2 %.3f)", part, r["n"], r["mse"],
+                 r["mse_mean_profile"], r["r2"])
+    save_vae(model, transform, o["vae"], report, a.out)
+    write_index(embedding_frame(model, profiles), a.out_embeddings)
+    write_json(a.out_report, {"reconstruction": report, "history": history, "n_genes": len(transform["genes"]),
+                              "n_keys": int(len(profiles)), "key": transform["key"], "options": o["vae"]})
+    if a.out_plot:
+        vae_plot(history, report, a.out_plot)
+
+
+def cmd_generate_profiles(a):
+    import numpy as np
+    import pandas as pd
+
+    from histosynth.gan.checkpoint import generator_from_checkpoint
+    from histosynth.generate.sample import generate_sets
+    from histosynth.slides.store import read_index, write_index
+    from histosynth.utils import atomic_path
+
+    dev = _device()
+    G, spec, _ = generator_from_checkpoint(a.network, dev)
+    if spec.kind != "expression":
+        raise UserError(f"{a.network} is {spec.kind}-conditioned; generate-profiles needs an expression-conditioned network")
+    vecs, names, metas = [], [], []
+    if a.embeddings:  # held-out cohort profiles
+        emb = read_index(a.embeddings)
+        emb = emb[emb["partition"].isin(a.partitions)]
+        mu = emb[[c for c in emb.columns if c.startswith("z_mu_")]].to_numpy(np.float32)
+        for k, lab, v in zip(emb["key"], emb["label"], mu):
+            vecs.append(v); names.append(str(k)); metas.append({"label": str(lab), "expression_key": str(k)})
+    if a.profiles or a.vae_samples:
+        if not a.vae:
+            raise UserError("--profiles and --vae-samples need --vae (results/expression/vae.pt)")
+        from histosynth.expression.io import read_csv_matrix
+        from histosynth.expression.prepare import apply_transform
+        from histosynth.expression.vae import decode, embed, load_vae
+
+        vae, transform, _ = load_vae(a.vae)
+        if a.profiles:
+            raw, _ = read_csv_matrix(a.profiles)
+            mu, _ = embed(vae, apply_transform(raw, transform).to_numpy())
+            for sid, v in zip(raw.index, mu):
+                vecs.append(v); names.append(f"profile-{sid}"); metas.append({"label": "", "expression_key": f"profile-{sid}"})
+        if a.vae_samples:
+            z = np.random.RandomState(a.seed0).randn(a.vae_samples, vae.latent).astype(np.float32)
+            prof = decode(vae, z) * np.asarray(transform["std"]) + np.asarray(transform["mean"])
+            if a.out_sampled:
+                df = pd.DataFrame(prof, columns=transform["genes"], index=[f"vae-sample-{i:03d}" for i in range(len(z))])
+                df.index.name = "sample_id"
+                with atomic_path(a.out_sampled) as tmp:  # log-space values, as the VAE models them
+                    df.to_csv(tmp)
+            for i, v in enumerate(z):
+                vecs.append(v); names.append(f"vae-sample-{i:03d}"); metas.append({"label": "", "expression_key": f"vae-sample-{i:03d}"})
+    if a.out_sampled and not a.vae_samples:
+        with atomic_path(a.out_sampled) as tmp:
+            Path(tmp).write_text("sample_id\n")
+    if not vecs:
+        raise UserError("nothing to generate: give --embeddings with --partitions, --profiles or --vae-samples")
+    sets = [{"name": n, "c": v, "meta": m, "seeds": np.arange(a.seed0, a.seed0 + a.per_profile)}
+            for n, v, m in zip(names, vecs, metas)]
+    tiles = read_index(a.tiles)
+    meta = {"tile_px": int(tiles["tile_px"].iloc[0]), "tile_um": float(tiles["tile_um"].iloc[0]), "mpp": float(tiles["mpp"].iloc[0])}
+    df = generate_sets(G, sets, a.outdir, a.network, batch=64, device=dev, tile_meta=meta, progress=not a.quiet)
+    write_index(df, a.out_index)
+    if a.grid:
+        from histosynth.report.plots import profile_grid
+
+        profile_grid(df, a.grid, per_row=min(8, a.per_profile))
+    log.info("generated %d tiles from %d profiles", len(df), len(sets))
+
+
+def cmd_evaluate_profiles(a):
+    from histosynth.classify.model import features
+    from histosynth.classify.study import load_reference
+    from histosynth.evaluate.features import inception_extractor, inception_features
+    from histosynth.expression.evaluate import profile_specificity
+    from histosynth.report.plots import heldout_grid
+    from histosynth.slides.store import load_tiles, read_index
+
+    o = _opts(a, "evaluate")
+    dev = _device()
+    key = json.loads(Path(a.transform).read_text())["key"]
+    tiles = read_index(a.tiles)
+    fake = read_index(a.heldout).reset_index(drop=True)
+    real = tiles[tiles["kept"] & tiles[key].isin(set(fake["expression_key"]))].reset_index(drop=True)
+    leaked = set(real["partition"]) - {"test"}
+    if leaked:
+        raise UserError(f"held-out profiles include {sorted(leaked)} patients: the specificity test is only "
+                        f"meaningful on test patients the VAE and GAN never saw")
+    x_real, x_fake = load_tiles(real), load_tiles(fake)
+    model, _, _ = load_reference(a.reference, dev)
+    out = {"key": key, "extractors": {}}
+    for ex in o["extractors"]:
+        if ex == "domain":
+            fr, ff = features(model, x_real, dev), features(model, x_fake, dev)
+        else:
+            ext = inception_extractor(o["inception_weights"])
+            fr, ff = inception_features(ext, x_real, device=dev), inception_features(ext, x_fake, device=dev)
+        r = profile_specificity(real, fr, fake, ff, key, seed=o["seed"], kid_subset=o["kid_subset_size"])
+        out["extractors"][ex] = r
+        if r.get("pairs"):
+            same = r["same_class"] or {}
+            log.info("[%s] held-out profiles: FID to own tiles %.3f vs other patients' %.3f; own closer in %.0f%% of "
+                     "pairs (p=%.3f); within class: gap %s, p=%s", ex, r["mean_fid_same"], r["mean_fid_other"],
+                     100 * r["share_pairs_closer_to_own"], r["all_others"]["p_value_sign_flip"],
+                     same.get("mean_gap"), same.get("p_value_sign_flip"))
+    write_json(a.out, out)
+    if a.grid:
+        heldout_grid(real, x_real, fake, x_fake, key, a.grid)
 
 
 def cmd_train_reference(a):
@@ -249,9 +400,17 @@ def cmd_report(a):
              "study": "Each arm: same architecture and number of steps, several seeds; metrics on tiles of held-out test patients "
              "(never seen by the GAN or any classifier), averaged over seeds; 95% CIs from a bootstrap over test patients. "
              "With few test patients the intervals are wide: overlapping intervals do not show a difference."}
+    extra = []
+    for run in a.expression_run or []:
+        from histosynth.report.build import add_expression_run, expression_html
+
+        run_eval = eval_dir.parent / run
+        add_expression_run(summary, run, gan_dir.parent / run, run_eval, a.expression_dir)
+        training_plot(gan_dir.parent / run / "stats.jsonl", run_eval / "training.png")
+        extra.append(expression_html(summary, run, run_eval, a.expression_dir))
     write_summary_json(summary, a.out_json)
     write_html(summary, a.out_html, gan_run=a.gan_run, gan_dir=gan_dir, eval_dir=eval_dir,
-               classify_dir=Path(a.study).parent, qc_thumbs=thumbs, notes=notes)
+               classify_dir=Path(a.study).parent, qc_thumbs=thumbs, notes=notes, extra_sections=extra)
 
 
 def main(argv=None):
@@ -283,7 +442,33 @@ def main(argv=None):
     p.add_argument("--out-split", required=True); p.add_argument("--out-tiles", required=True); p.set_defaults(fn=cmd_split)
     p = sub.add_parser("train-gan", help="train (or resume) the conditional GAN")
     _add_opts(p); p.add_argument("--tiles", required=True); p.add_argument("--outdir", required=True)
+    p.add_argument("--embeddings", help="beta-VAE embeddings per patient/slide (conditioning: expression)")
     p.add_argument("--threads", type=int, default=1); p.set_defaults(fn=cmd_train_gan)
+    p = sub.add_parser("expression-prepare", help="expression matrix -> standardised profiles of the cohort (fitted on training patients)")
+    _add_opts(p)
+    for k in ("--sheet", "--split", "--out-profiles", "--out-transform"):
+        p.add_argument(k, required=True)
+    p.add_argument("--matrix", help="local matrix file (default: expression.matrix)"); p.set_defaults(fn=cmd_expression_prepare)
+    p = sub.add_parser("train-vae", help="train the beta-VAE on profiles; embeddings and held-out reconstruction error")
+    _add_opts(p)
+    for k in ("--profiles", "--transform", "--out", "--out-embeddings", "--out-report"):
+        p.add_argument(k, required=True)
+    p.add_argument("--out-plot"); p.set_defaults(fn=cmd_train_vae)
+    p = sub.add_parser("generate-profiles", help="tiles from expression profiles: held-out patients, a CSV of new profiles, VAE samples")
+    for k in ("--network", "--tiles", "--outdir", "--out-index"):
+        p.add_argument(k, required=True)
+    p.add_argument("--embeddings", help="embeddings table; with --partitions, generate from those patients' profiles")
+    p.add_argument("--partitions", nargs="+", default=["test"])
+    p.add_argument("--vae", help="the beta-VAE (vae.pt), for --profiles and --vae-samples")
+    p.add_argument("--profiles", help="CSV of raw profiles (samples x genes)")
+    p.add_argument("--vae-samples", type=int, default=0); p.add_argument("--out-sampled", help="CSV of the sampled profiles")
+    p.add_argument("--per-profile", type=int, default=16); p.add_argument("--seed0", type=int, default=0)
+    p.add_argument("--grid", help="PNG: one row of tiles per profile"); p.set_defaults(fn=cmd_generate_profiles)
+    p = sub.add_parser("evaluate-profiles", help="held-out profiles: FID to the patient's own tiles vs other patients'")
+    _add_opts(p)
+    for k in ("--tiles", "--heldout", "--reference", "--transform", "--out"):
+        p.add_argument(k, required=True)
+    p.add_argument("--grid", help="PNG: real and generated tiles per held-out profile"); p.set_defaults(fn=cmd_evaluate_profiles)
     p = sub.add_parser("generate", help="bulk-generate labelled synthetic tiles (+ class blending)")
     _add_opts(p)
     for k in ("--network", "--tiles", "--outdir", "--out-index"):
@@ -306,6 +491,8 @@ def main(argv=None):
     for k in ("--sheet", "--tiles", "--gan-dir", "--metrics", "--study", "--qc-dir", "--out-json", "--out-html"):
         p.add_argument(k, required=True)
     p.add_argument("--gan-run", default="stylegan2-class"); p.add_argument("--run-name", default="histosynth")
+    p.add_argument("--expression-run", action="append", help="an expression-conditioned run to add (repeatable)")
+    p.add_argument("--expression-dir", default="results/expression")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("config-doc", help="print the configuration reference (config/README.md) from the schema")

@@ -82,7 +82,7 @@ def schema_markdown() -> str:
         lines += ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
         nested = []
         for key, spec in sub["properties"].items():
-            if spec.get("type") == "object":
+            if spec.get("type") == "object" and "properties" in spec:
                 nested.append((f"{section}.{key}", spec))
                 continue
             lines.append(_row(f"{section}.{key}", spec, fmt))

@@ -1,6 +1,8 @@
 rule demo_slides:
     output:
         manifest=DEMO_MANIFEST,
+        expression=str(Path(config["demo"]["outdir"]) / "expression_tpm.gct.gz"),
+        new_profiles=str(Path(config["demo"]["outdir"]) / "new_profiles.csv"),
     log:
         "logs/demo_slides.log",
     threads: 1

@@ -1,4 +1,5 @@
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -12,6 +13,30 @@ from histosynth.config import validate as _hs_validate
 _hs_validate(config, "config")
 
 GAN = config["gan"]["name"]
+
+
+def _gan_runs():
+    """GAN runs by name: the `gan` run, plus the expression-conditioned run when
+    expression.enabled (its options: gan, overridden by expression.gan)."""
+    runs = {GAN: config["gan"]}
+    ex = config["expression"]
+    if ex["enabled"] and config["gan"]["conditioning"] != "expression":
+        if ex["run_name"] == GAN:
+            raise ValueError(f"expression.run_name {ex['run_name']!r} must differ from gan.name")
+        o = {k: v for k, v in config["gan"].items()}
+        o.update(ex["gan"], name=ex["run_name"], conditioning="expression")
+        runs[ex["run_name"]] = _hs_validate({"gan": o}, "expression.gan")["gan"]
+    return runs
+
+
+RUNS = _gan_runs()
+# expression.matrix may be a URL: fetched once into resources/expression/ (rule fetch_expression)
+EXPRESSION_URL = config["expression"]["matrix"] if "://" in (config["expression"]["matrix"] or "") else None
+EXPRESSION_MATRIX = (f"resources/expression/{EXPRESSION_URL.rsplit('/', 1)[-1].split('?')[0]}" if EXPRESSION_URL
+                     else config["expression"]["matrix"])
+EXPR_RUNS = [r for r, o in RUNS.items() if o["conditioning"] == "expression"]
+if EXPR_RUNS and not config["expression"]["matrix"]:
+    raise ValueError("an expression-conditioned GAN run needs expression.matrix (a GCT, CSV or STAR manifest)")
 
 # How rules call histosynth. Normally the `histosynth` command installed beside Snakemake.
 # Under `--software-deployment-method conda` each rule runs in its pinned environment from
@@ -28,11 +53,41 @@ DEMO_MANIFEST = str(Path(config["demo"]["outdir"]) / "manifest.tsv")
 
 wildcard_constraints:
     slide="[A-Za-z0-9_-]+",
+    run="|".join(map(re.escape, RUNS)),
 
 
 def opts(section):
     """A config section as one shell-quoted JSON argument (a change re-runs only its rules)."""
     return json.dumps(config[section], sort_keys=True)
+
+
+def run_opts(wildcards):
+    return json.dumps(RUNS[wildcards.run], sort_keys=True)
+
+
+def gan_inputs(wildcards):
+    inputs = {"tiles": "results/split/tiles.parquet"}
+    if wildcards.run in EXPR_RUNS:
+        inputs["embeddings"] = "results/expression/embeddings.parquet"
+    return inputs
+
+
+def launcher(wildcards):
+    gpus = RUNS[wildcards.run]["gpus"]
+    if gpus > 1:
+        return f"{HS_ENV}torchrun --standalone --nproc-per-node {gpus} -m histosynth.cli"
+    return HISTOSYNTH
+
+
+def expression_outputs():
+    """What the expression runs add to the report."""
+    out = []
+    for r in EXPR_RUNS:
+        out += [f"results/evaluate/{r}/profiles.json", f"results/evaluate/{r}/metrics.json",
+                f"results/gan/{r}/stats.jsonl", f"results/evaluate/{r}/blend.png"]
+        if config["expression"]["new_profiles"] or config["expression"]["vae_samples"]:
+            out.append(f"results/generate/{r}/profiles.parquet")
+    return out
 
 
 def sample_sheet():

@@ -32,7 +32,7 @@ rule fetch_inception:
 def evaluate_inputs(wildcards):
     inputs = {
         "tiles": "results/split/tiles.parquet",
-        "synthetic": f"results/generate/{GAN}/synthetic.parquet",
+        "synthetic": f"results/generate/{wildcards.run}/synthetic.parquet",
         "reference": "results/evaluate/reference_classifier.pt",
     }
     if "inception-v3" in config["evaluate"]["extractors"]:
@@ -44,15 +44,15 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        metrics=f"results/evaluate/{GAN}/metrics.json",
+        metrics="results/evaluate/{run}/metrics.json",
     log:
-        f"logs/evaluate/{GAN}.log",
+        "logs/evaluate/{run}.log",
     threads: 2
     resources:
         mem_mb=8000,
     params:
         opts=opts("evaluate"),
-        partitions=" ".join(config["gan"]["train_partitions"]),
+        partitions=lambda wc: " ".join(RUNS[wc.run]["train_partitions"]),
     conda:
         "../envs/torch.yaml"
     shell:

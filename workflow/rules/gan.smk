@@ -1,49 +1,46 @@
 rule train_gan:
     input:
-        tiles="results/split/tiles.parquet",
+        unpack(gan_inputs),
     output:
-        network=protected(f"results/gan/{GAN}/network.pt"),
-        stats=f"results/gan/{GAN}/stats.jsonl",
+        network=protected("results/gan/{run}/network.pt"),
+        stats="results/gan/{run}/stats.jsonl",
     log:
-        f"logs/train_gan/{GAN}.log",
+        "logs/train_gan/{run}.log",
     benchmark:
-        f"results/benchmarks/train_gan/{GAN}.tsv"
+        "results/benchmarks/train_gan/{run}.tsv"
     threads: 2
     resources:
         mem_mb=16000,
-        gpu=config["gan"]["gpus"],
+        gpu=lambda wc: RUNS[wc.run]["gpus"],
     params:
-        opts=opts("gan"),
-        outdir=f"results/gan/{GAN}",
-        launcher=(
-            f"{HS_ENV}torchrun --standalone --nproc-per-node {config['gan']['gpus']} -m histosynth.cli"
-            if config["gan"]["gpus"] > 1
-            else HISTOSYNTH
-        ),
+        opts=run_opts,
+        outdir="results/gan/{run}",
+        launcher=launcher,
+        embeddings=lambda wc, input: f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else "",
     conda:
         "../envs/torch.yaml"
     shell:
         "{params.launcher} -q train-gan --options {params.opts:q} --tiles {input.tiles} --outdir {params.outdir} "
-        "--threads {threads} > {log} 2>&1"
+        "{params.embeddings} --threads {threads} > {log} 2>&1"
 
 
 rule generate:
     input:
-        network=f"results/gan/{GAN}/network.pt",
+        network="results/gan/{run}/network.pt",
         tiles="results/split/tiles.parquet",
     output:
-        index=f"results/generate/{GAN}/synthetic.parquet",
-        blend=f"results/evaluate/{GAN}/blend.png",
-        gif=f"results/evaluate/{GAN}/blend.gif",
+        index="results/generate/{run}/synthetic.parquet",
+        blend="results/evaluate/{run}/blend.png",
+        gif="results/evaluate/{run}/blend.gif",
     log:
-        f"logs/generate/{GAN}.log",
+        "logs/generate/{run}.log",
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=min(1, config["gan"]["gpus"]),
+        gpu=lambda wc: min(1, RUNS[wc.run]["gpus"]),
     params:
         opts=opts("generate"),
-        outdir=f"results/generate/{GAN}",
+        outdir="results/generate/{run}",
     conda:
         "../envs/torch.yaml"
     shell:

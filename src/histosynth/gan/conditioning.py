@@ -4,7 +4,11 @@ Saved inside every network checkpoint, so generation needs nothing else.
 
 * ``class``: one-hot of one categorical column (default ``label``).
 * ``attributes``: concatenated one-hots of several categorical columns (AttributeGAN-style).
-* ``vector``: numeric columns taken as they are (e.g. an expression embedding).
+* ``vector``: numeric columns taken as they are.
+* ``expression``: the β-VAE posterior mean of each tile's patient (or slide) profile
+  (RNA-GAN), columns ``z_mu_*``; optionally plus ``noise`` x the posterior σ (``z_sd_*``)
+  per sample while training. The spec keeps every training key's embedding and label,
+  so generation from the cohort's profiles needs only the checkpoint.
 * ``none``: unconditional.
 """
 from __future__ import annotations
@@ -22,19 +26,30 @@ class ConditioningSpec:
     kind: str
     columns: list = field(default_factory=list)
     categories: dict = field(default_factory=dict)  # column -> sorted category list
+    extra: dict = field(default_factory=dict)  # expression: key, noise, sd_columns, table
 
     @property
     def dim(self) -> int:
         if self.kind in ("class", "attributes"):
             return sum(len(self.categories[c]) for c in self.columns)
-        if self.kind == "vector":
+        if self.kind in ("vector", "expression"):
             return len(self.columns)
         return 0
 
     @classmethod
-    def fit(cls, kind: str, index: pd.DataFrame, columns=None) -> "ConditioningSpec":
+    def fit(cls, kind: str, index: pd.DataFrame, columns=None, noise: float = 0.0) -> "ConditioningSpec":
         if kind == "none":
             return cls("none")
+        if kind == "expression":
+            mu = sorted(c for c in index.columns if c.startswith("z_mu_"))
+            if not mu or "expression_key" not in index.columns:
+                raise UserError("gan.conditioning: expression needs the tiles joined with the β-VAE embeddings "
+                                "(histosynth train-gan --embeddings results/expression/embeddings.parquet)")
+            sd = [c.replace("z_mu_", "z_sd_") for c in mu]
+            per_key = index.drop_duplicates("expression_key")
+            table = {str(r["expression_key"]): {"mu": [float(r[c]) for c in mu], "label": str(r.get("label", "")),
+                                                "patient_id": str(r["patient_id"])} for _, r in per_key.iterrows()}
+            return cls("expression", mu, {}, {"noise": float(noise), "sd_columns": sd, "table": table})
         if kind == "class":
             columns = list(columns or ["label"])[:1]
         if not columns:
@@ -54,7 +69,7 @@ class ConditioningSpec:
         n = len(df)
         if self.kind == "none":
             return np.zeros((n, 0), np.float32)
-        if self.kind == "vector":
+        if self.kind in ("vector", "expression"):
             return df[self.columns].to_numpy(np.float32)
         parts = []
         for c in self.columns:
@@ -83,6 +98,18 @@ class ConditioningSpec:
 
     def to_dict(self):
         return asdict(self)
+
+    def sd(self, df: pd.DataFrame) -> np.ndarray:
+        """Posterior σ per row (expression), for the training-time noise."""
+        return df[self.extra["sd_columns"]].to_numpy(np.float32)
+
+    def key_vectors(self, keys) -> np.ndarray:
+        """Condition vectors of training keys (patients or slides) by name."""
+        table = self.extra["table"]
+        unknown = [k for k in keys if k not in table]
+        if unknown:
+            raise UserError(f"no expression embedding for {unknown[:5]} in this network (it knows {len(table)} keys)")
+        return np.array([table[k]["mu"] for k in keys], np.float32)
 
     @classmethod
     def from_dict(cls, d):

@@ -33,33 +33,38 @@ def w_center(G, c: torch.Tensor, n=2000, seed=0):
     return G.mapping(z, c.expand(n, -1))[:, 0].mean(0)
 
 
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
 @torch.no_grad()
-def generate(network, outdir, per_class: int, *, truncation=1.0, seed0=0, batch=64, device="cpu",
-             tile_meta: dict | None = None, progress=True) -> pd.DataFrame:
+def generate_sets(G, sets: list[dict], outdir, network, *, truncation=1.0, batch=64, device="cpu",
+                  tile_meta: dict | None = None, progress=True) -> pd.DataFrame:
+    """Generate each set {name, c (1 x c_dim), seeds, meta} into its own store + index.
+    A set already on disk with the same seeds, truncation and network is reused."""
     from tqdm import tqdm
 
     outdir = Path(outdir)
-    G, spec, opts = generator_from_checkpoint(network, device)
+    outdir.mkdir(parents=True, exist_ok=True)
     tile_meta = tile_meta or {}
     frames = []
-    for cond in spec.conditions():
-        name = spec.name(cond)
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+    for st in sets:
+        name, seeds, meta = st["name"], np.asarray(st["seeds"]), st.get("meta", {})
+        safe = _safe(name)
         store, index = outdir / f"{safe}.tiff", outdir / f"{safe}.parquet"
-        seeds = np.arange(seed0, seed0 + per_class)
         if store.exists() and index.exists():
             done = read_index(index)
-            # reuse a finished condition only if it is exactly what is asked now
-            if (len(done) == per_class and np.array_equal(done["seed"].to_numpy(), seeds)
+            # reuse a finished set only if it is exactly what is asked now
+            if (len(done) == len(seeds) and np.array_equal(done["seed"].to_numpy(), seeds)
                     and (done["truncation"] == truncation).all() and (done["network"] == str(network)).all()
                     and Path(network).stat().st_mtime <= index.stat().st_mtime):
                 frames.append(done)
                 continue
-        c = torch.from_numpy(spec.encode(pd.DataFrame([cond]))).to(device)
+        c = torch.as_tensor(np.asarray(st["c"], np.float32)).reshape(1, -1).to(device)
         center = w_center(G, c) if truncation != 1 else None
         rows = []
         with TileStoreWriter(store, {"condition": name, "network": str(network)}) as w:
-            for i in tqdm(range(0, per_class, batch), desc=f"generate {name}", unit="batch", disable=not progress):
+            for i in tqdm(range(0, len(seeds), batch), desc=f"generate {name}", unit="batch", disable=not progress):
                 s = seeds[i:i + batch]
                 imgs = to_uint8(G(z_from_seeds(s, G.z_dim).to(device), c.expand(len(s), -1), psi=truncation,
                                   noise_mode="const", w_center=center))
@@ -67,11 +72,41 @@ def generate(network, outdir, per_class: int, *, truncation=1.0, seed0=0, batch=
                     page = w.append(img)
                     rows.append(dict(slide_id=f"synthetic-{safe}", patient_id=f"synthetic-{safe}", page=page,
                                      seed=int(seed), condition=name, network=str(network), truncation=truncation,
-                                     kept=True, store=str(store), **cond, **tile_meta))
+                                     kept=True, store=str(store), **meta, **tile_meta))
         df = pd.DataFrame(rows)
         write_index(df, index)
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def expression_sets(spec, per_class: int, seed0: int) -> list[dict]:
+    """Per class, `per_class` tiles spread evenly over that class's training profiles
+    (the embeddings stored in the network), with consecutive seeds."""
+    table = spec.extra["table"]
+    sets = []
+    for label in sorted({v["label"] for v in table.values()}):
+        keys = sorted(k for k, v in table.items() if v["label"] == label)
+        counts = [per_class // len(keys) + (i < per_class % len(keys)) for i in range(len(keys))]
+        start = seed0
+        for k, n in zip(keys, counts):
+            if n:
+                sets.append({"name": k, "c": table[k]["mu"], "seeds": np.arange(start, start + n),
+                             "meta": {"label": label, "expression_key": k}})
+            start += n
+    return sets
+
+
+@torch.no_grad()
+def generate(network, outdir, per_class: int, *, truncation=1.0, seed0=0, batch=64, device="cpu",
+             tile_meta: dict | None = None, progress=True) -> pd.DataFrame:
+    G, spec, opts = generator_from_checkpoint(network, device)
+    if spec.kind == "expression":
+        sets = expression_sets(spec, per_class, seed0)
+    else:
+        sets = [{"name": spec.name(cond), "c": spec.encode(pd.DataFrame([cond])), "meta": cond,
+                 "seeds": np.arange(seed0, seed0 + per_class)} for cond in spec.conditions()]
+    return generate_sets(G, sets, outdir, network, truncation=truncation, batch=batch, device=device,
+                         tile_meta=tile_meta, progress=progress)
 
 
 @torch.no_grad()
@@ -84,10 +119,19 @@ def class_blend_grid(network, out_png, out_gif=None, seeds=(0, 1, 2, 3), steps=8
     from histosynth.utils import atomic_path
 
     G, spec, _ = generator_from_checkpoint(network, device)
-    conds = spec.conditions()
-    if spec.kind not in ("class", "attributes") or len(conds) < 2:
-        return None
-    ca, cb = (torch.from_numpy(spec.encode(pd.DataFrame([c]))) for c in conds[:2])
+    if spec.kind == "expression":  # from a profile of the first class to one of the second
+        table = spec.extra["table"]
+        labels = sorted({v["label"] for v in table.values()})
+        if len(labels) < 2:
+            return None
+        ends = [sorted(k for k, v in table.items() if v["label"] == lab)[0] for lab in labels[:2]]
+        ca, cb = (torch.from_numpy(spec.key_vectors([k])) for k in ends)
+        conds = [{"key": f"{ends[0]} ({labels[0]})"}, {"key": f"{ends[1]} ({labels[1]})"}]
+    else:
+        conds = spec.conditions()
+        if spec.kind not in ("class", "attributes") or len(conds) < 2:
+            return None
+        ca, cb = (torch.from_numpy(spec.encode(pd.DataFrame([c]))) for c in conds[:2])
     z = z_from_seeds(seeds, G.z_dim)
     alphas = torch.linspace(0, 1, steps)
     frames = []

@@ -70,7 +70,92 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
     }
 
 
-def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_dir, qc_thumbs: dict, notes: dict):
+def add_expression_run(summary: dict, run: str, gan_dir, eval_dir, expression_dir) -> None:
+    """The expression-conditioned run's numbers into `summary` (gan, metrics, concordance,
+    and `expression`: VAE reconstruction, profile specificity, what was generated)."""
+    gan_dir, eval_dir, expression_dir = Path(gan_dir), Path(eval_dir), Path(expression_dir)
+    if run not in summary["gan"]:
+        opts = json.loads((gan_dir / "training_options.json").read_text())
+        stats = [json.loads(x) for x in open(gan_dir / "stats.jsonl") if x.strip()]
+        metrics = json.loads((eval_dir / "metrics.json").read_text())
+        summary["gan"][run] = {"kimg": stats[-1]["kimg"] if stats else 0, "resolution": opts["resolution"],
+                               "conditioning": opts["conditioning"], "n_train_tiles": opts["n_train_tiles"],
+                               "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"]}
+        summary["metrics"][run] = metrics["metrics"]
+        summary["concordance"][run] = metrics["concordance"]
+    vae = json.loads((expression_dir / "vae_report.json").read_text())
+    spec = json.loads((eval_dir / "profiles.json").read_text())
+    summary.setdefault("expression", {})[run] = {
+        "key": vae["key"], "n_profiles": vae["n_keys"], "n_genes": vae["n_genes"], "latent": vae["options"]["latent"],
+        "beta": vae["options"]["beta"], "vae_reconstruction": vae["reconstruction"],
+        "profile_specificity": {ex: {k: v for k, v in r.items() if k != "per_key"} for ex, r in spec["extractors"].items()},
+        "profile_specificity_per_key": {ex: r["per_key"] for ex, r in spec["extractors"].items()},
+    }
+
+
+def expression_html(summary: dict, run: str, eval_dir, expression_dir) -> str:
+    eval_dir, expression_dir = Path(eval_dir), Path(expression_dir)
+    e = summary["expression"][run]
+    g = summary["gan"][run]
+    parts = [f"<h2>Expression-conditioned run: {html.escape(run)}</h2>",
+             f"<p>A β-VAE (latent {e['latent']}, β {e['beta']}) embeds each {html.escape(e['key'])}'s profile "
+             f"({e['n_genes']} genes, standardised with training-patient statistics, {e['n_profiles']} profiles); the "
+             f"GAN is conditioned on the embedding's posterior mean ({g['kimg']:.1f} kimg, {g['n_train_tiles']} training "
+             f"tiles). The GAN and the VAE never saw the test patients.</p>"]
+    rows = [{"partition": p, "profiles": r["n"], "VAE MSE per gene": r["mse"], "mean-profile MSE": r["mse_mean_profile"],
+             "R²": r["r2"]} for p, r in e["vae_reconstruction"].items()]
+    parts.append("<h3>β-VAE reconstruction</h3><p>Error of the reconstruction from the posterior mean, against "
+                 "predicting every gene at its training mean; the test row is patients the VAE never saw.</p>"
+                 + _table(rows, list(rows[0])) + _img(expression_dir / "vae.png", 760))
+    rows = []
+    for ex, m in summary["metrics"][run].items():
+        rows.append({"extractor": ex, "FID": m["fid"], "FID real-vs-real floor": m["fid_real_vs_real"], "KID": m["kid_mean"],
+                     "precision": m["precision"], "recall": m["recall"], "n per side": m["n_real"],
+                     "flag": "BELOW min_samples" if m["below_min_samples"] else ""})
+    c = summary["concordance"][run]
+    parts.append("<h3>Generative metrics (tiles from training patients' profiles)</h3>" + _table(rows, list(rows[0]))
+                 + f"<p>Concordance: the reference classifier assigns {c['weak']:.1%} of these tiles to the class of the "
+                   f"patient whose profile generated them ({c['strong']:.1%} strongly).</p>")
+    parts.append("<h3>Does the profile carry tissue information? (held-out test patients)</h3>"
+                 "<p>For each test patient, tiles generated from its profile are compared with its own real tiles and, "
+                 "at the same sample size, with each other test patient's real tiles; gap = FID(other) − FID(same), "
+                 "so a positive gap means the generated tiles look more like their own patient. Small per-patient "
+                 "samples make each FID noisy; the sign-flip test over patients is one-sided and its smallest "
+                 "attainable p-value is shown.</p>")
+    for ex, r in e["profile_specificity"].items():
+        if not r.get("pairs"):
+            parts.append(f"<p class=warn>[{html.escape(ex)}] {html.escape(r.get('note', 'no comparison possible'))}</p>")
+            continue
+        parts.append(f"<p>[{html.escape(ex)}] mean FID of a patient's generated tiles to its own real tiles "
+                     f"<b>{r['mean_fid_same']:.3f}</b>, to other test patients' <b>{r['mean_fid_other']:.3f}</b>; "
+                     f"own patient closer in {r['share_pairs_closer_to_own']:.0%} of {r['pairs']} pairs.</p>")
+        rows = []
+        for name, what in (("all_others", "all other test patients (mostly: does the profile carry the class?)"),
+                           ("same_class", "other test patients of the same class (anything beyond the class?)")):
+            t = r.get(name)
+            if t:
+                rows.append({"compared with": what, "patients": t["n_keys"], "mean gap": t["mean_gap"],
+                             "patients closer to own": f"{t['share_keys_closer_to_own']:.0%}",
+                             "sign-flip p": t["p_value_sign_flip"], "smallest attainable p": t["min_attainable_p"]})
+            else:
+                rows.append({"compared with": what, "patients": 0, "mean gap": "n/a (one test patient per class)"})
+        parts.append(_table(rows, ["compared with", "patients", "mean gap", "patients closer to own", "sign-flip p",
+                                   "smallest attainable p"]))
+        cols = ["key", "label", "n_real", "n_fake", "fid_same", "fid_other", "gap", "gap_same_class", "gap_other_class"]
+        parts.append(_table(e["profile_specificity_per_key"][ex], cols))
+    parts.append("<p>Per test patient: real tiles (left), tiles generated from its profile (right).</p>"
+                 + _img(eval_dir / "heldout.png", 760))
+    parts.append("<h3>Interpolating between two training profiles</h3><p>Same latent seed per row; the condition "
+                 "moves from a profile of the first class to one of the second.</p>" + _img(eval_dir / "blend.png", 640))
+    if (eval_dir / "profiles.png").exists():
+        parts.append("<h3>Tiles from new and sampled profiles</h3><p>One row per profile: the CSV of new profiles "
+                     "(<code>profile-*</code>) and samples from the VAE prior (<code>vae-sample-*</code>).</p>"
+                     + _img(eval_dir / "profiles.png", 640))
+    return "".join(parts)
+
+
+def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_dir, qc_thumbs: dict, notes: dict,
+               extra_sections=()):
     gan_dir, eval_dir, classify_dir = Path(gan_dir), Path(eval_dir), Path(classify_dir)
     fakes = sorted((gan_dir / "samples").glob("fakes*.png"))
     parts = [f"<h1>histosynth report</h1><p>{html.escape(notes.get('run', ''))}</p>"]
@@ -126,6 +211,7 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
              "synthetic train tiles": m["n_train_synthetic"]} for a, m in summary["classifier"].items()]
     parts.append(_table(rows, list(rows[0]) if rows else []))
     parts.append(f"<p>{html.escape(notes.get('study', ''))}</p>")
+    parts.extend(extra_sections)
     css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
            "td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px}.grid{display:flex;flex-wrap:wrap;gap:8px}"
            "figure{margin:0}figcaption{font-size:12px}.warn{color:#a00}")

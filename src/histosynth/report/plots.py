@@ -42,3 +42,64 @@ def training_plot(stats_jsonl, path):
     ax[1].plot(k, [r["augment_p"] for r in rows], label="augment p")
     ax[1].set_xlabel("kimg"); ax[1].legend()
     _save(fig, path)
+
+
+def vae_plot(history: list[dict], report: dict, path):
+    """β-VAE: losses by epoch, and reconstruction error per partition against the mean profile."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = [h["epoch"] for h in history]
+    a.plot(ep, [h["train_loss"] for h in history], label="train loss")
+    a.plot(ep, [h["val_loss"] for h in history], label="validation loss")
+    a.set_xlabel("epoch"); a.set_yscale("log"); a.legend(); a.set_title("β-VAE training")
+    parts = list(report)
+    xs = range(len(parts))
+    b.bar([x - 0.2 for x in xs], [report[p]["mse"] for p in parts], 0.4, label="β-VAE reconstruction")
+    b.bar([x + 0.2 for x in xs], [report[p]["mse_mean_profile"] for p in parts], 0.4, label="mean profile")
+    b.set_xticks(list(xs), [f"{p} (n={report[p]['n']})" for p in parts]); b.set_ylabel("MSE per gene (standardised)")
+    b.legend(); b.set_title("reconstruction by partition")
+    _save(fig, path)
+
+
+def _tile_rows(rows: list[list], pad=2):
+    """uint8 grid: each row a list of HxWx3 tiles (rows may be ragged)."""
+    import numpy as np
+
+    h, w = rows[0][0].shape[:2]
+    ncol = max(len(r) for r in rows)
+    out = np.full((len(rows) * (h + pad) - pad, ncol * (w + pad) - pad, 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        for j, t in enumerate(r):
+            out[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = t
+    return out
+
+
+def _save_png(arr, path):
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+
+
+def profile_grid(index, path, per_row=8):
+    """One row of generated tiles per profile (`condition`)."""
+    from histosynth.slides.store import load_tiles
+
+    rows = []
+    for _, g in index.groupby("condition", sort=True):
+        rows.append(list(load_tiles(g.head(per_row))))
+    _save_png(_tile_rows(rows), path)
+
+
+def heldout_grid(real, x_real, fake, x_fake, key, path, per_side=6, max_keys=8):
+    """Per held-out profile: its real tiles, then tiles generated from its profile."""
+    import numpy as np
+
+    rows = []
+    for k in sorted(set(fake["expression_key"]))[:max_keys]:
+        r = x_real[np.flatnonzero((real[key] == k).to_numpy())[:per_side]]
+        f = x_fake[np.flatnonzero((fake["expression_key"] == k).to_numpy())[:per_side]]
+        if len(r) and len(f):
+            gap = np.full_like(r[0], 255)
+            rows.append(list(r) + [gap] + list(f))
+    if rows:
+        _save_png(_tile_rows(rows), path)

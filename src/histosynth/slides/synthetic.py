@@ -12,6 +12,7 @@ Classes:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class SlideSpec:
     blur_region: bool = False
     fold: bool = False
     seed: int = 0
+    cellularity: float = 1.0  # nuclear density factor (the demo ties it to an expression program)
 
 
 def _smooth_noise(rng, shape, sigma):
@@ -100,14 +102,14 @@ def draw_tissue(spec: SlideSpec) -> np.ndarray:
     fib = _upsample(fib, shape)
     if spec.label == "tumor":
         e += 0.35 + 0.08 * fib
-        density = 1 / (260 * scale**2)
+        density = spec.cellularity / (260 * scale**2)
         nuc = _ellipses(rng, shape, int(s * s * density), 4.5 * scale, 7.5 * scale, tissue)
         h += np.where(nuc, 1.45, 0.06)
         e = np.where(nuc, 0.12, e)
     else:
         e += 0.55 + 0.15 * fib
         # glands: rings of small nuclei around lumina
-        n_glands = int(s * s / (130 * scale) ** 2)
+        n_glands = int(spec.cellularity * s * s / (130 * scale) ** 2)
         centers = rng.integers(0, s, size=(n_glands, 2))
         centers = centers[tissue[centers[:, 0], centers[:, 1]]]
         lumen = np.zeros(shape, bool)
@@ -123,7 +125,7 @@ def draw_tissue(spec: SlideSpec) -> np.ndarray:
             sub = (ry[y0:y1] ** 2 + rx[:, x0:x1] ** 2) <= r * r
             lumen[y0:y1, x0:x1] |= sub
         ring_nuclei = np.concatenate(ring_nuclei) if ring_nuclei else np.zeros((0, 2), int)
-        sparse = rng.integers(0, s, size=(int(s * s / (55 * scale) ** 2), 2))
+        sparse = rng.integers(0, s, size=(int(spec.cellularity * s * s / (55 * scale) ** 2), 2))
         sparse = sparse[tissue[sparse[:, 0], sparse[:, 1]]]
         nuc = _discs(shape, ring_nuclei, 3.2 * scale) | _discs(shape, sparse, 2.6 * scale)
         h += np.where(nuc, 1.25, 0.04)
@@ -189,6 +191,7 @@ def demo_cohort(n_patients_per_class: int = 4, size_px: int = 4096, mpp: float =
     for ci, label in enumerate(CLASSES):
         for p in range(n_patients_per_class):
             pid = f"P{ci}{p:02d}"
+            cell = patient_cellularity(pid, seed)
             n_slides = 2 if p % 3 == 2 else 1
             for si in range(n_slides):
                 k += 1
@@ -196,8 +199,81 @@ def demo_cohort(n_patients_per_class: int = 4, size_px: int = 4096, mpp: float =
                     slide_id=f"{pid}-S{si + 1}", patient_id=pid, label=label,
                     fmt="tiff" if (p == 1 and si == 0) else "svs", size_px=size_px, mpp=mpp,
                     pen_mark=(k % 4 == 1), blur_region=(k % 4 == 2), fold=(k % 5 == 3),
-                    seed=seed * 1000 + k))
+                    seed=seed * 1000 + k, cellularity=cell))
     return specs
+
+
+def patient_cellularity(patient_id: str, seed: int = 0) -> float:
+    """A patient's nuclear density factor, log-uniform in [0.6, 1.6], fixed by its id."""
+    h = int(hashlib.sha256(f"{seed}:{patient_id}".encode()).hexdigest()[:8], 16) / 16**8
+    return float(np.exp(np.log(0.6) + h * (np.log(1.6) - np.log(0.6))))
+
+
+DEMO_GENES = 300
+
+
+def demo_expression(patients: dict, seed: int = 0, n_genes: int = DEMO_GENES):
+    """log2(TPM + 1) profiles (patients x genes) of the demo: 30 genes up in tumour, 30 up in
+    normal, 30 'proliferation' genes that follow log2 of the patient's cellularity (the nuclear
+    density drawn in its slides), the rest background; gene-wise base levels and noise.
+    `patients`: id -> (label, cellularity). Returns (log values DataFrame, genes DataFrame)."""
+    import pandas as pd
+
+    g = np.random.default_rng(10_000 + seed)
+    base = g.uniform(1, 8, n_genes)
+    kind = np.array(["tumour_up"] * 30 + ["normal_up"] * 30 + ["proliferation"] * 30 + ["background"] * (n_genes - 90))
+    ids = [f"ENSGDEMO{i:05d}" for i in range(n_genes)]
+    names = [f"{ {'tumour_up': 'TUP', 'normal_up': 'NUP', 'proliferation': 'PRO', 'background': 'BG'}[k]}{i}"
+             for i, k in enumerate(kind)]
+    rows = {}
+    for pid, (label, cell) in patients.items():
+        r = np.random.default_rng(int(hashlib.sha256(f"{seed}:{pid}:rna".encode()).hexdigest()[:8], 16))
+        x = base + r.normal(0, 0.35, n_genes)
+        x += np.where(kind == ("tumour_up" if label == "tumor" else "normal_up"), 2.5, 0.0)
+        x += np.where(kind == "proliferation", 3.0 * np.log2(cell), 0.0)
+        rows[pid] = np.clip(x, 0, None)
+    values = pd.DataFrame(rows, index=ids).T
+    return values, pd.DataFrame({"gene_id": ids, "gene_name": names, "program": kind})
+
+
+def write_gct(values, genes, path):
+    """GCT 1.2 (GTEx's format; gzipped when the name ends in .gz): genes x samples."""
+    import gzip
+
+    from histosynth.utils import atomic_path
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with atomic_path(path) as tmp:
+        with opener(tmp, "wt") as fh:
+            fh.write("#1.2\n")
+            fh.write(f"{values.shape[1]}\t{values.shape[0]}\n")
+            fh.write("Name\tDescription\t" + "\t".join(values.index) + "\n")
+            for j, (gid, name) in enumerate(zip(genes["gene_id"], genes["gene_name"])):
+                fh.write(f"{gid}\t{name}\t" + "\t".join(f"{v:.4g}" for v in values.iloc[:, j]) + "\n")
+
+
+def write_demo_expression(specs, outdir, seed=0, n_new_per_class=2):
+    """The demo's expression data: a GTEx-style TPM GCT with one RNA-seq sample per patient
+    (ids `<patient>-0001-SM-<n>`), and a CSV of profiles of new patients (not in the cohort)
+    for generation from new profiles."""
+    outdir = Path(outdir)
+    patients = {s.patient_id: (s.label, s.cellularity) for s in specs}
+    logv, genes = demo_expression(patients, seed)
+    tpm = (2.0 ** logv - 1).clip(lower=0)
+    tpm.index = [f"{pid}-0001-SM-{i:05d}" for i, pid in enumerate(tpm.index)]
+    write_gct(tpm, genes, outdir / "expression_tpm.gct.gz")
+    new = {f"NEW{ci}{j}": (label, patient_cellularity(f"NEW{ci}{j}", seed))
+           for ci, label in enumerate(CLASSES) for j in range(n_new_per_class)}
+    logn, _ = demo_expression(new, seed)
+    tpm_new = (2.0 ** logn - 1).clip(lower=0)
+    tpm_new.index.name = "sample_id"
+    from histosynth.utils import atomic_path
+
+    with atomic_path(outdir / "new_profiles.csv") as tmp:
+        tpm_new.round(4).to_csv(tmp)
+    with atomic_path(outdir / "new_profiles_truth.tsv") as tmp:
+        pd_rows = [f"{k}\t{v[0]}\t{v[1]:.3f}" for k, v in new.items()]
+        Path(tmp).write_text("sample_id\tlabel\tcellularity\n" + "\n".join(pd_rows) + "\n")
 
 
 def write_demo_cohort(outdir, manifest_path, n_patients_per_class=4, size_px=4096, mpp=0.5, seed=0,
@@ -221,9 +297,10 @@ def write_demo_cohort(outdir, manifest_path, n_patients_per_class=4, size_px=409
         write_slide(draw_tissue(spec), path, spec.fmt, spec.mpp)
         rows.append(dict(slide_id=spec.slide_id, patient_id=spec.patient_id, label=spec.label,
                          path=os.path.relpath(path.resolve(), manifest_path.parent.resolve()),
-                         md5=md5_of(path), size=path.stat().st_size,
+                         md5=md5_of(path), size=path.stat().st_size, cellularity=round(spec.cellularity, 3),
                          artefacts=",".join(a for a, on in (("pen", spec.pen_mark), ("blur", spec.blur_region),
                                                             ("fold", spec.fold)) if on) or "none"))
+    write_demo_expression(specs, manifest_path.parent, seed)
     df = pd.DataFrame(rows)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(manifest_path) as tmp:

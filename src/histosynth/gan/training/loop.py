@@ -108,10 +108,14 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
     if "kept" in tiles.columns:
         tiles = tiles[tiles["kept"]]
     train_tiles = tiles[tiles["partition"].isin(opts["train_partitions"])].reset_index(drop=True)
-    spec = ConditioningSpec.fit(opts["conditioning"], train_tiles, opts.get("condition_columns"))
+    spec = ConditioningSpec.fit(opts["conditioning"], train_tiles, opts.get("condition_columns"),
+                                noise=opts.get("expression_noise", 0.0))
     c_all = torch.from_numpy(spec.encode(train_tiles))
+    noise = spec.extra.get("noise", 0.0) if spec.kind == "expression" else 0.0
+    sd_all = torch.from_numpy(spec.sd(train_tiles)) if noise else None
     source = TileSource(train_tiles, opts["resolution"], opts["preload_max_mb"], threads=max(1, opts.get("threads", 1)))
-    weights = sampling_weights(train_tiles, spec.columns[0] if (opts["balance_classes"] and spec.kind == "class") else None)
+    balance = spec.columns[0] if spec.kind == "class" else "label" if spec.kind == "expression" else None
+    weights = sampling_weights(train_tiles, balance if opts["balance_classes"] and balance in train_tiles.columns else None)
 
     resolved = dict(opts, world_size=world, batch_gpu=batch_gpu, n_train_tiles=len(train_tiles),
                     n_train_patients=int(train_tiles["patient_id"].nunique()), c_dim=spec.dim,
@@ -185,9 +189,14 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
     while cur_nimg < total:
         idx = torch.multinomial(weights, batch_gpu, replacement=True, generator=sample_gen)
         real = to_float(random_dihedral(source.get(idx), sample_gen), device)
-        c_real = c_all[idx].to(device)
+        c_real = c_all[idx]
         z = torch.randn(batch_gpu, opts["z_dim"], device=device)
-        c_fake = c_all[torch.randint(0, len(c_all), (batch_gpu,), generator=sample_gen)].to(device)
+        fidx = torch.randint(0, len(c_all), (batch_gpu,), generator=sample_gen)
+        c_fake = c_all[fidx]
+        if noise:  # a sample of the profile's posterior instead of its mean
+            c_real = c_real + noise * sd_all[idx] * torch.randn(c_real.shape, generator=sample_gen)
+            c_fake = c_fake + noise * sd_all[fidx] * torch.randn(c_fake.shape, generator=sample_gen)
+        c_real, c_fake = c_real.to(device), c_fake.to(device)
 
         # G main
         G.requires_grad_(True); D.requires_grad_(False)

@@ -1,0 +1,1 @@
+"""Gene-expression conditioning (RNA-GAN): matrices, preparation, the β-VAE, profile evaluation."""
