@@ -155,7 +155,7 @@ def _cuda_count():
 def cmd_generate(a):
     import pandas as pd
 
-    from histosynth.generate.sample import class_blend_grid, generate
+    from histosynth.generate.sample import class_blend_grid, generate, latent_interpolation
     from histosynth.slides.store import read_index, write_index
 
     o = _opts(a, "generate")
@@ -164,9 +164,11 @@ def cmd_generate(a):
     meta = {k: (float(v) if k != "tile_px" else int(v)) for k, v in meta.items()}
     dev = _device()
     df = generate(a.network, a.outdir, o["per_class"], truncation=o["truncation"], seed0=o["seed0"], batch=o["batch"],
-                  device=dev, tile_meta=meta, progress=not a.quiet)
+                  device=dev, tile_meta=meta, progress=not a.quiet, fov_um=o["fov_um"], out_px=o["out_px"])
     if a.blend_png:
         class_blend_grid(a.network, a.blend_png, a.blend_gif, o["blend_seeds"], o["blend_steps"], dev)
+    if a.latent_png:
+        latent_interpolation(a.network, a.latent_png, a.latent_gif, o["blend_seeds"][:2], o["blend_steps"], dev)
     write_index(pd.DataFrame(df), a.out_index)
     log.info("generated %d tiles: %s", len(df), df["condition"].value_counts().to_dict())
 
@@ -275,9 +277,7 @@ def cmd_generate_profiles(a):
 
 
 def cmd_evaluate_profiles(a):
-    from histosynth.classify.model import features
-    from histosynth.classify.study import load_reference
-    from histosynth.evaluate.features import inception_extractor, inception_features
+    from histosynth.evaluate.features import extract
     from histosynth.expression.evaluate import profile_specificity
     from histosynth.report.plots import heldout_grid
     from histosynth.slides.store import load_tiles, read_index
@@ -292,15 +292,10 @@ def cmd_evaluate_profiles(a):
     if leaked:
         raise UserError(f"held-out profiles include {sorted(leaked)} patients: the specificity test is only "
                         f"meaningful on test patients the VAE and GAN never saw")
-    x_real, x_fake = load_tiles(real), load_tiles(fake)
-    model, _, _ = load_reference(a.reference, dev)
     out = {"key": key, "extractors": {}}
     for ex in o["extractors"]:
-        if ex == "domain":
-            fr, ff = features(model, x_real, dev), features(model, x_fake, dev)
-        else:
-            ext = inception_extractor(o["inception_weights"])
-            fr, ff = inception_features(ext, x_real, device=dev), inception_features(ext, x_fake, device=dev)
+        fr = extract(real, ex, o, a.reference, dev, a.feature_cache)
+        ff = extract(fake, ex, o, a.reference, dev, a.feature_cache)
         r = profile_specificity(real, fr, fake, ff, key, seed=o["seed"], kid_subset=o["kid_subset_size"])
         out["extractors"][ex] = r
         if r.get("pairs"):
@@ -311,7 +306,7 @@ def cmd_evaluate_profiles(a):
                      same.get("mean_gap"), same.get("p_value_sign_flip"))
     write_json(a.out, out)
     if a.grid:
-        heldout_grid(real, x_real, fake, x_fake, key, a.grid)
+        heldout_grid(real, load_tiles(real), fake, load_tiles(fake), key, a.grid)
 
 
 def cmd_train_reference(a):
@@ -327,10 +322,10 @@ def cmd_train_reference(a):
 def cmd_evaluate(a):
     import numpy as np
 
-    from histosynth.classify.model import features, predict
+    from histosynth.classify.model import predict
     from histosynth.classify.study import load_reference
-    from histosynth.evaluate.features import inception_extractor, inception_features
-    from histosynth.evaluate.run import concordance, evaluate_features
+    from histosynth.evaluate.features import extract
+    from histosynth.evaluate.run import check_field_of_view, concordance, evaluate_features
     from histosynth.slides.store import load_tiles, read_index
 
     o = _opts(a, "evaluate")
@@ -338,20 +333,17 @@ def cmd_evaluate(a):
     tiles = read_index(a.tiles)
     real = tiles[tiles["kept"] & tiles["partition"].isin(a.real_partitions)].reset_index(drop=True)
     fake = read_index(a.synthetic).reset_index(drop=True)
-    x_real, x_fake = load_tiles(real), load_tiles(fake)
+    check_field_of_view(real, fake)
     model, classes, _ = load_reference(a.reference, dev)
     out = {"metrics": {}, "concordance": None}
     for ex in o["extractors"]:
-        if ex == "domain":
-            fr, ff = features(model, x_real, dev), features(model, x_fake, dev)
-        else:
-            ext = inception_extractor(o["inception_weights"])
-            fr, ff = inception_features(ext, x_real, device=dev), inception_features(ext, x_fake, device=dev)
+        fr = extract(real, ex, o, a.reference, dev, a.feature_cache)
+        ff = extract(fake, ex, o, a.reference, dev, a.feature_cache)
         out["metrics"][ex] = evaluate_features(real, fr, fake, ff, o, ex)
         log.info("[%s] FID %.3f (floor %.3f), KID %.5f, precision %.3f, recall %.3f, n=%d", ex, out["metrics"][ex]["fid"],
                  out["metrics"][ex]["fid_real_vs_real"], out["metrics"][ex]["kid_mean"], out["metrics"][ex]["precision"],
                  out["metrics"][ex]["recall"], out["metrics"][ex]["n_real"])
-    prob = predict(model, x_fake, dev)
+    prob = predict(model, load_tiles(fake), dev)
     intended = np.array([classes.index(v) for v in fake["label"]])
     out["concordance"] = concordance(prob, intended, o["concordance_threshold"])
     out["concordance"]["per_class"] = {c: float((prob.argmax(1) == intended)[intended == i].mean()) for i, c in enumerate(classes)}
@@ -363,12 +355,15 @@ def cmd_classify(a):
     import torch
 
     from histosynth.classify.study import run_study
+    from histosynth.evaluate.run import check_field_of_view
     from histosynth.report.plots import study_plot
     from histosynth.slides.store import read_index, write_index
 
     o = _opts(a, "classify")
     net = torch.load(a.network, map_location="cpu", weights_only=False)
-    pred, metrics, classes = run_study(read_index(a.tiles), read_index(a.synthetic), net["training_set"]["patients"], o,
+    tiles, synthetic = read_index(a.tiles), read_index(a.synthetic)
+    check_field_of_view(tiles, synthetic)
+    pred, metrics, classes = run_study(tiles, synthetic, net["training_set"]["patients"], o,
                                        _device(), progress=not a.quiet)
     outdir = Path(a.outdir)
     write_index(pred, outdir / "predictions.parquet")
@@ -468,12 +463,14 @@ def main(argv=None):
     _add_opts(p)
     for k in ("--tiles", "--heldout", "--reference", "--transform", "--out"):
         p.add_argument(k, required=True)
+    p.add_argument("--feature-cache", help="directory caching features per tile store and extractor")
     p.add_argument("--grid", help="PNG: real and generated tiles per held-out profile"); p.set_defaults(fn=cmd_evaluate_profiles)
     p = sub.add_parser("generate", help="bulk-generate labelled synthetic tiles (+ class blending)")
     _add_opts(p)
     for k in ("--network", "--tiles", "--outdir", "--out-index"):
         p.add_argument(k, required=True)
-    p.add_argument("--blend-png"); p.add_argument("--blend-gif"); p.set_defaults(fn=cmd_generate)
+    p.add_argument("--blend-png"); p.add_argument("--blend-gif")
+    p.add_argument("--latent-png"); p.add_argument("--latent-gif"); p.set_defaults(fn=cmd_generate)
     p = sub.add_parser("train-reference", help="train the reference classifier on real training tiles")
     _add_opts(p); p.add_argument("--tiles", required=True); p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_train_reference)
@@ -481,7 +478,9 @@ def main(argv=None):
     _add_opts(p)
     for k in ("--tiles", "--synthetic", "--reference", "--out"):
         p.add_argument(k, required=True)
-    p.add_argument("--real-partitions", nargs="+", default=["train"]); p.set_defaults(fn=cmd_evaluate)
+    p.add_argument("--real-partitions", nargs="+", default=["train"])
+    p.add_argument("--feature-cache", help="directory caching features per tile store and extractor")
+    p.set_defaults(fn=cmd_evaluate)
     p = sub.add_parser("classify", help="the augmentation study: real / synthetic / mixed arms")
     _add_opts(p)
     for k in ("--tiles", "--synthetic", "--network", "--outdir"):

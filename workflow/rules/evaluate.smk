@@ -57,4 +57,5 @@ rule evaluate:
         "../envs/torch.yaml"
     shell:
         "{HISTOSYNTH} -q evaluate --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
-        "--reference {input.reference} --real-partitions {params.partitions} --out {output.metrics} > {log} 2>&1"
+        "--reference {input.reference} --real-partitions {params.partitions} --feature-cache results/evaluate/features "
+        "--out {output.metrics} > {log} 2>&1"

@@ -131,4 +131,5 @@ rule evaluate_profiles:
         "../envs/torch.yaml"
     shell:
         "{HISTOSYNTH} -q evaluate-profiles --options {params.opts:q} --tiles {input.tiles} --heldout {input.heldout} "
-        "--reference {input.reference} --transform {input.transform} --out {output.json} --grid {output.grid} > {log} 2>&1"
+        "--reference {input.reference} --transform {input.transform} --feature-cache results/evaluate/features "
+        "--out {output.json} --grid {output.grid} > {log} 2>&1"

@@ -30,8 +30,12 @@ rule generate:
         tiles="results/split/tiles.parquet",
     output:
         index="results/generate/{run}/synthetic.parquet",
-        blend="results/evaluate/{run}/blend.png",
+        blend=report("results/evaluate/{run}/blend.png", caption="../report/blend.rst", category="Generation",
+                     subcategory="{run}"),
         gif="results/evaluate/{run}/blend.gif",
+        latent=report("results/evaluate/{run}/latent.png", caption="../report/latent.rst", category="Generation",
+                      subcategory="{run}"),
+        latent_gif="results/evaluate/{run}/latent.gif",
     log:
         "logs/generate/{run}.log",
     threads: 2
@@ -45,4 +49,5 @@ rule generate:
         "../envs/torch.yaml"
     shell:
         "{HISTOSYNTH} -q generate --options {params.opts:q} --network {input.network} --tiles {input.tiles} "
-        "--outdir {params.outdir} --out-index {output.index} --blend-png {output.blend} --blend-gif {output.gif} > {log} 2>&1"
+        "--outdir {params.outdir} --out-index {output.index} --blend-png {output.blend} --blend-gif {output.gif} "
+        "--latent-png {output.latent} --latent-gif {output.latent_gif} > {log} 2>&1"

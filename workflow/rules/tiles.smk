@@ -5,7 +5,7 @@ rule tile:
     output:
         store="results/tiles/{slide}.tiff",
         index="results/tiles/{slide}.parquet",
-        thumb="results/tiles/qc/{slide}.png",
+        thumb=report("results/tiles/qc/{slide}.png", caption="../report/qc.rst", category="Tiling QC", subcategory="{slide}"),
     log:
         "logs/tile/{slide}.log",
     benchmark:

@@ -43,3 +43,20 @@ def inception_features(extractor, tiles_uint8: np.ndarray, batch=64, device="cpu
         x = torch.from_numpy(tiles_uint8[i:i + batch]).permute(0, 3, 1, 2).contiguous().to(device)
         out.append(extractor(x)[0].double().cpu())
     return torch.cat(out).numpy()
+
+
+def extract(index, extractor: str, opts: dict, reference: str, device="cpu", cache_dir=None):
+    """Features of `index`'s tiles by `extractor` (inception-v3 | domain), cached per tile
+    store when `cache_dir` is given (see histosynth.evaluate.cache)."""
+    from histosynth.evaluate.cache import cached_features, file_digest
+
+    if extractor == "domain":
+        from histosynth.classify.model import features
+        from histosynth.classify.study import load_reference
+
+        model, _, _ = load_reference(reference, device)
+        ex_id = f"domain-{file_digest(reference)}"
+        return cached_features(index, ex_id, lambda x: features(model, x, device), cache_dir)
+    ext = inception_extractor(opts["inception_weights"])
+    ex_id = f"inception-v3-{file_digest(opts['inception_weights'])}"
+    return cached_features(index, ex_id, lambda x: inception_features(ext, x, device=device), cache_dir)

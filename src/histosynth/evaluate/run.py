@@ -21,6 +21,19 @@ from histosynth.utils import UserError
 log = logging.getLogger(__name__)
 
 
+def check_field_of_view(real: pd.DataFrame, fake: pd.DataFrame) -> None:
+    """Real and generated tiles must show the same field of view at the same size, or every
+    metric compares magnifications instead of tissue."""
+    for col, tol in (("tile_px", 0), ("tile_um", 0.01)):
+        if col not in real.columns or col not in fake.columns:
+            continue
+        r, f = float(real[col].iloc[0]), float(fake[col].iloc[0])
+        if abs(r - f) > tol * max(r, 1):
+            raise UserError(f"generated tiles have {col} {f:g} but the real tiles {r:g}: they must match. Set "
+                            f"generate.fov_um / generate.out_px so generated tiles are cropped and resized to the "
+                            f"real tiles' field of view and size")
+
+
 def real_halves(real: pd.DataFrame, seed=0):
     rng = np.random.default_rng(seed)
     a_idx, b_idx, how = [], [], "patient"

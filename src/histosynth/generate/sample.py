@@ -19,6 +19,7 @@ import torch
 from histosynth.gan.checkpoint import generator_from_checkpoint
 from histosynth.gan.training.loop import to_uint8
 from histosynth.slides.store import TileStoreWriter, read_index, write_index
+from histosynth.utils import UserError
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,38 @@ def _safe(name: str) -> str:
 
 
 @torch.no_grad()
+def field_of_view(tile_meta: dict, fov_um=None, out_px=None):
+    """(post-processing of uint8 tiles, tile metadata) for cropping generated tiles to `fov_um`
+    microns (centred) and resizing to `out_px` with Lanczos, as the tiler resamples real tiles."""
+    px, um = int(tile_meta.get("tile_px", 0)), float(tile_meta.get("tile_um", 0))
+    fov_um = fov_um or um
+    out_px = out_px or px
+    if (fov_um == um and out_px == px) or not px:
+        return None, tile_meta
+    if fov_um > um:
+        raise UserError(f"generate.fov_um {fov_um} is larger than the network's field of view ({um} µm): "
+                        f"it can only be cropped")
+    crop = max(1, round(px * fov_um / um))
+    off = (px - crop) // 2
+
+    def post(imgs):
+        from PIL import Image
+
+        out = []
+        for im in imgs:
+            sub = Image.fromarray(im[off:off + crop, off:off + crop])
+            out.append(np.asarray(sub.resize((out_px, out_px), Image.Resampling.LANCZOS) if crop != out_px else sub))
+        return np.stack(out)
+
+    meta = dict(tile_meta, tile_px=out_px, tile_um=fov_um, mpp=fov_um / out_px)
+    return post, meta
+
+
 def generate_sets(G, sets: list[dict], outdir, network, *, truncation=1.0, batch=64, device="cpu",
-                  tile_meta: dict | None = None, progress=True) -> pd.DataFrame:
+                  tile_meta: dict | None = None, progress=True, post=None) -> pd.DataFrame:
     """Generate each set {name, c (1 x c_dim), seeds, meta} into its own store + index.
-    A set already on disk with the same seeds, truncation and network is reused."""
+    A set already on disk with the same seeds, truncation, network and field of view is
+    reused. `post` maps a uint8 batch to the stored tiles (e.g. a field-of-view crop)."""
     from tqdm import tqdm
 
     outdir = Path(outdir)
@@ -57,6 +86,7 @@ def generate_sets(G, sets: list[dict], outdir, network, *, truncation=1.0, batch
             # reuse a finished set only if it is exactly what is asked now
             if (len(done) == len(seeds) and np.array_equal(done["seed"].to_numpy(), seeds)
                     and (done["truncation"] == truncation).all() and (done["network"] == str(network)).all()
+                    and all(k in done.columns and (done[k] == v).all() for k, v in tile_meta.items())
                     and Path(network).stat().st_mtime <= index.stat().st_mtime):
                 frames.append(done)
                 continue
@@ -68,6 +98,8 @@ def generate_sets(G, sets: list[dict], outdir, network, *, truncation=1.0, batch
                 s = seeds[i:i + batch]
                 imgs = to_uint8(G(z_from_seeds(s, G.z_dim).to(device), c.expand(len(s), -1), psi=truncation,
                                   noise_mode="const", w_center=center))
+                if post is not None:
+                    imgs = post(imgs)
                 for seed, img in zip(s, imgs):
                     page = w.append(img)
                     rows.append(dict(slide_id=f"synthetic-{safe}", patient_id=f"synthetic-{safe}", page=page,
@@ -98,15 +130,16 @@ def expression_sets(spec, per_class: int, seed0: int) -> list[dict]:
 
 @torch.no_grad()
 def generate(network, outdir, per_class: int, *, truncation=1.0, seed0=0, batch=64, device="cpu",
-             tile_meta: dict | None = None, progress=True) -> pd.DataFrame:
+             tile_meta: dict | None = None, progress=True, fov_um=None, out_px=None) -> pd.DataFrame:
     G, spec, opts = generator_from_checkpoint(network, device)
+    post, tile_meta = field_of_view(tile_meta or {}, fov_um, out_px)
     if spec.kind == "expression":
         sets = expression_sets(spec, per_class, seed0)
     else:
         sets = [{"name": spec.name(cond), "c": spec.encode(pd.DataFrame([cond])), "meta": cond,
                  "seeds": np.arange(seed0, seed0 + per_class)} for cond in spec.conditions()]
     return generate_sets(G, sets, outdir, network, truncation=truncation, batch=batch, device=device,
-                         tile_meta=tile_meta, progress=progress)
+                         tile_meta=tile_meta, progress=progress, post=post)
 
 
 @torch.no_grad()
@@ -142,7 +175,54 @@ def class_blend_grid(network, out_png, out_gif=None, seeds=(0, 1, 2, 3), steps=8
     save_png(_grid(stack, len(seeds)), out_png)
     if out_gif:
         strips = [Image.fromarray(np.concatenate(list(f), 1)) for f in frames]
-        strips = strips + strips[::-1]
+        strips = strips + strips[-2:0:-1]  # forth and back, ends not repeated
         with atomic_path(out_gif) as tmp:
             strips[0].save(tmp, format="GIF", save_all=True, append_images=strips[1:], duration=150, loop=0)
     return [spec.name(conds[0]), spec.name(conds[1])]
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between latent vectors (Gaussian z keep their norm)."""
+    an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((an * bn).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+def _interpolation_conditions(spec):
+    """(names, condition vectors) to show: each class (or attribute combination, at most 8);
+    for expression runs the first training profile of each class."""
+    if spec.kind == "expression":
+        table = spec.extra["table"]
+        keys = [sorted(k for k, v in table.items() if v["label"] == lab)[0]
+                for lab in sorted({v["label"] for v in table.values()})]
+        return [f"{k} ({table[k]['label']})" for k in keys], torch.from_numpy(spec.key_vectors(keys))
+    conds = spec.conditions()[:8]
+    return [spec.name(c) for c in conds], torch.from_numpy(spec.encode(pd.DataFrame(conds)))
+
+
+@torch.no_grad()
+def latent_interpolation(network, out_png, out_gif=None, seeds=(0, 1), steps=8, device="cpu"):
+    """Latent interpolation: per condition (rows), z moves along the great circle from
+    seed A's to seed B's in `steps` steps (columns); the condition stays fixed. The GIF plays
+    the columns as frames (all conditions side by side), forth and back."""
+    from PIL import Image
+
+    from histosynth.gan.training.loop import _grid, save_png
+    from histosynth.utils import atomic_path
+
+    G, spec, _ = generator_from_checkpoint(network, device)
+    names, c = _interpolation_conditions(spec)
+    za, zb = z_from_seeds(list(seeds)[:2], G.z_dim)
+    frames = []
+    for t in torch.linspace(0, 1, steps):
+        z = slerp(za, zb, float(t)).expand(len(c), -1)
+        frames.append(to_uint8(G(z.to(device), c.to(device), noise_mode="const")))
+    stack = np.stack(frames, 1).reshape(-1, *frames[0].shape[1:])  # rows = conditions
+    save_png(_grid(stack, len(c)), out_png)
+    if out_gif:
+        strips = [Image.fromarray(np.concatenate(list(f), 1)) for f in frames]
+        strips = strips + strips[-2:0:-1]  # forth and back, ends not repeated
+        with atomic_path(out_gif) as tmp:
+            strips[0].save(tmp, format="GIF", save_all=True, append_images=strips[1:], duration=150, loop=0)
+    return names

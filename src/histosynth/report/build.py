@@ -98,7 +98,7 @@ def expression_html(summary: dict, run: str, eval_dir, expression_dir) -> str:
     e = summary["expression"][run]
     g = summary["gan"][run]
     parts = [f"<h2>Expression-conditioned run: {html.escape(run)}</h2>",
-             f"<p>A β-VAE (latent {e['latent']}, β {e['beta']}) embeds each {html.escape(e['key'])}'s profile "
+             f"<p>A β-VAE (latent {e['latent']}, β {e['beta']}) embeds each {'patient' if e['key'] == 'patient_id' else 'slide'}'s profile "
              f"({e['n_genes']} genes, standardised with training-patient statistics, {e['n_profiles']} profiles); the "
              f"GAN is conditioned on the embedding's posterior mean ({g['kimg']:.1f} kimg, {g['n_train_tiles']} training "
              f"tiles). The GAN and the VAE never saw the test patients.</p>"]
@@ -146,7 +146,8 @@ def expression_html(summary: dict, run: str, eval_dir, expression_dir) -> str:
     parts.append("<p>Per test patient: real tiles (left), tiles generated from its profile (right).</p>"
                  + _img(eval_dir / "heldout.png", 760))
     parts.append("<h3>Interpolating between two training profiles</h3><p>Same latent seed per row; the condition "
-                 "moves from a profile of the first class to one of the second.</p>" + _img(eval_dir / "blend.png", 640))
+                 "moves from a profile of the first class to one of the second.</p>" + _img(eval_dir / "blend.png", 640)
+                 + "<p>Latent interpolation, one training profile per class per row.</p>" + _img(eval_dir / "latent.png", 640))
     if (eval_dir / "profiles.png").exists():
         parts.append("<h3>Tiles from new and sampled profiles</h3><p>One row per profile: the CSV of new profiles "
                      "(<code>profile-*</code>) and samples from the VAE prior (<code>vae-sample-*</code>).</p>"
@@ -184,6 +185,8 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
     parts.append(_img(eval_dir / "training.png"))
     parts.append("<h3>Class blending</h3><p>Same latent seed per row; the class condition moves from the first class "
                  "to the second, left to right.</p>" + _img(eval_dir / "blend.png", 640) + " " + _img(eval_dir / "blend.gif", 640))
+    parts.append("<h3>Latent interpolation</h3><p>Same class per row; the latent moves along the great circle between "
+                 "two seeds, left to right.</p>" + _img(eval_dir / "latent.png", 640) + " " + _img(eval_dir / "latent.gif", 640))
     parts.append("<h2>Generative metrics</h2>")
     parts.append(f"<p>{html.escape(notes.get('extractors', ''))}</p>")
     rows = []

@@ -1,0 +1,93 @@
+"""Generation extras and evaluation plumbing: feature cache per store, field-of-view crop,
+the field-of-view guard, latent interpolation."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from histosynth.evaluate.cache import cached_features
+from histosynth.evaluate.run import check_field_of_view
+from histosynth.generate.sample import field_of_view, latent_interpolation, slerp
+from histosynth.slides.store import TileStoreWriter
+from histosynth.utils import UserError
+from toydata import toy_index
+
+
+def test_features_are_cached_per_store_and_invalidated_when_it_changes(tmp_path):
+    index, tiles, _ = toy_index(tmp_path, 16)
+    calls = []
+
+    def compute(x):
+        calls.append(len(x))
+        return x.reshape(len(x), -1).mean(1, keepdims=True).astype(np.float64) * np.ones((1, 3))
+
+    want = compute(tiles)
+    calls.clear()
+    cache = tmp_path / "cache"
+    sub = index.iloc[::2]
+    f1 = cached_features(sub, "toy-1", compute, cache)
+    assert calls == [16] and np.allclose(f1, want[::2])
+    f2 = cached_features(index.iloc[::-1], "toy-1", compute, cache)  # any order; only the 16 missing pages
+    assert calls == [16, 16] and np.allclose(f2, want[::-1])
+    cached_features(index, "toy-1", compute, cache)
+    assert calls == [16, 16]  # all from the cache
+    cached_features(index, "toy-2", compute, cache)  # another extractor (or weights): its own cache
+    assert calls == [16, 16, 32]
+    # the store is rewritten (re-tiled): its cache entry no longer applies
+    store = index["store"].iloc[0]
+    with TileStoreWriter(store) as w:
+        for t in tiles[::-1]:
+            w.append(t)
+    os.utime(store, ns=(os.stat(store).st_atime_ns, os.stat(store).st_mtime_ns + 10**9))
+    f3 = cached_features(index, "toy-1", compute, cache)
+    assert calls[-1] == 32 and np.allclose(f3, want[::-1])
+    assert np.allclose(cached_features(index, "toy-1", compute, None), f3)  # no cache dir: plain compute
+
+
+def test_field_of_view_crop_and_resize():
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    img[0, 8:24, 8:24] = 200  # the central 64 µm of a 128 µm tile
+    post, meta = field_of_view({"tile_px": 32, "tile_um": 128.0, "mpp": 4.0}, fov_um=64, out_px=16)
+    out = post(img)
+    assert out.shape == (1, 16, 16, 3) and out.min() >= 190  # exactly the bright centre, resized
+    assert meta == {"tile_px": 16, "tile_um": 64, "mpp": 4.0}
+    assert field_of_view({"tile_px": 32, "tile_um": 128.0}, None, None)[0] is None
+    with pytest.raises(UserError, match="only be cropped"):
+        field_of_view({"tile_px": 32, "tile_um": 128.0}, fov_um=256)
+    real = pd.DataFrame({"tile_px": [32], "tile_um": [128.0]})
+    check_field_of_view(real, real.copy())
+    with pytest.raises(UserError, match="tile_um 64 but the real tiles 128"):
+        check_field_of_view(real, pd.DataFrame({"tile_px": [32], "tile_um": [64.0]}))
+
+
+def test_slerp_endpoints_and_norm():
+    a, b = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 3.0]])
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+    assert torch.allclose(slerp(a, b, 0.5).norm(), torch.tensor(3.0), atol=1e-5)
+
+
+def test_latent_interpolation_grid_and_gif(tmp_path):
+    from histosynth.gan.training.loop import train
+    from test_gan import tiny_opts
+
+    index, _, _ = toy_index(tmp_path, 16)
+    net = train(index, tmp_path / "run", tiny_opts(kimg=0.05, snap_kimg=0.05), progress=False)
+    names = latent_interpolation(net, tmp_path / "latent.png", tmp_path / "latent.gif", seeds=(0, 1), steps=5)
+    assert names == ["dark", "light"]
+    png = np.asarray(Image.open(tmp_path / "latent.png"))
+    assert png.shape[:2] == (2 * 16, 5 * 16)
+    gif = Image.open(tmp_path / "latent.gif")
+    assert gif.n_frames == 2 * 5 - 2 and gif.size == (2 * 16, 16)
+    # the row's ends are the seeds' own images for that class
+    from histosynth.gan.checkpoint import generator_from_checkpoint
+    from histosynth.gan.training.loop import to_uint8
+    from histosynth.generate.sample import z_from_seeds
+
+    G, spec, _ = generator_from_checkpoint(net)
+    c = torch.from_numpy(spec.encode(pd.DataFrame([{"label": "dark"}])))
+    with torch.no_grad():
+        first = to_uint8(G(z_from_seeds([0], G.z_dim), c, noise_mode="const"))[0]
+    assert np.abs(png[:16, :16].astype(int) - first.astype(int)).max() <= 1
