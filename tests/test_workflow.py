@@ -80,7 +80,8 @@ def test_expression_run_end_to_end(workdir):
     assert e["key"] == "patient_id" and e["n_profiles"] == 6 and e["n_genes"] == 200 and e["latent"] == 8
     assert set(e["vae_reconstruction"]) == {"train", "test"}
     ps = e["profile_specificity"]["domain"]
-    assert ps["n_keys"] == 2 and ps["pairs"] == 2 and math.isfinite(ps["mean_gap"])
+    assert ps["n_keys"] == 2 and ps["pairs"] == 2 and math.isfinite(ps["all_others"]["mean_gap"])
+    assert ps["same_class"] is None  # one test patient per class: no same-class comparison exists
     opts = json.loads((workdir / f"results/gan/{run_}/training_options.json").read_text())
     assert opts["n_train_patients"] == 4 and opts["c_dim"] == 8
     syn = pd.read_parquet(workdir / f"results/generate/{run_}/synthetic.parquet")

@@ -70,7 +70,7 @@ class ConditioningSpec:
         if self.kind == "none":
             return np.zeros((n, 0), np.float32)
         if self.kind in ("vector", "expression"):
-            return df[self.columns].to_numpy(np.float32)
+            return df[self.columns].to_numpy(np.float32, copy=True)
         parts = []
         for c in self.columns:
             cats = self.categories[c]
