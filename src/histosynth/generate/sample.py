@@ -142,14 +142,27 @@ def generate(network, outdir, per_class: int, *, truncation=1.0, seed0=0, batch=
                          tile_meta=tile_meta, progress=progress, post=post)
 
 
-@torch.no_grad()
-def class_blend_grid(network, out_png, out_gif=None, seeds=(0, 1, 2, 3), steps=8, device="cpu"):
-    """Dolezal et al.'s class blending: for each seed, the same z with the condition embedding
-    moved linearly from the first class to the second in `steps` steps (rows: seeds)."""
+def save_frames(frames: list, out_png, out_gif=None):
+    """Frames (each: one uint8 image per row) as a grid PNG (rows, frames left to right) and
+    as a GIF playing the frames forth and back (ends not repeated; PIL merges equal frames)."""
     from PIL import Image
 
     from histosynth.gan.training.loop import _grid, save_png
     from histosynth.utils import atomic_path
+
+    stack = np.stack(frames, 1).reshape(-1, *frames[0].shape[1:])
+    save_png(_grid(stack, len(frames[0])), out_png)
+    if out_gif:
+        strips = [Image.fromarray(np.concatenate(list(f), 1)) for f in frames]
+        strips = strips + strips[-2:0:-1]
+        with atomic_path(out_gif) as tmp:
+            strips[0].save(tmp, format="GIF", save_all=True, append_images=strips[1:], duration=150, loop=0)
+
+
+@torch.no_grad()
+def class_blend_grid(network, out_png, out_gif=None, seeds=(0, 1, 2, 3), steps=8, device="cpu"):
+    """Dolezal et al.'s class blending: for each seed, the same z with the condition embedding
+    moved linearly from the first class to the second in `steps` steps (rows: seeds)."""
 
     G, spec, _ = generator_from_checkpoint(network, device)
     if spec.kind == "expression":  # from a profile of the first class to one of the second
@@ -171,13 +184,7 @@ def class_blend_grid(network, out_png, out_gif=None, seeds=(0, 1, 2, 3), steps=8
     for a in alphas:
         c = ca.lerp(cb, float(a)).expand(len(seeds), -1)
         frames.append(to_uint8(G(z.to(device), c.to(device), noise_mode="const")))
-    stack = np.stack(frames, 1).reshape(-1, *frames[0].shape[1:])  # rows = seeds
-    save_png(_grid(stack, len(seeds)), out_png)
-    if out_gif:
-        strips = [Image.fromarray(np.concatenate(list(f), 1)) for f in frames]
-        strips = strips + strips[-2:0:-1]  # forth and back, ends not repeated
-        with atomic_path(out_gif) as tmp:
-            strips[0].save(tmp, format="GIF", save_all=True, append_images=strips[1:], duration=150, loop=0)
+    save_frames(frames, out_png, out_gif)  # rows = seeds
     return [spec.name(conds[0]), spec.name(conds[1])]
 
 
@@ -206,10 +213,6 @@ def latent_interpolation(network, out_png, out_gif=None, seeds=(0, 1), steps=8, 
     """Latent interpolation: per condition (rows), z moves along the great circle from
     seed A's to seed B's in `steps` steps (columns); the condition stays fixed. The GIF plays
     the columns as frames (all conditions side by side), forth and back."""
-    from PIL import Image
-
-    from histosynth.gan.training.loop import _grid, save_png
-    from histosynth.utils import atomic_path
 
     G, spec, _ = generator_from_checkpoint(network, device)
     names, c = _interpolation_conditions(spec)
@@ -218,11 +221,5 @@ def latent_interpolation(network, out_png, out_gif=None, seeds=(0, 1), steps=8, 
     for t in torch.linspace(0, 1, steps):
         z = slerp(za, zb, float(t)).expand(len(c), -1)
         frames.append(to_uint8(G(z.to(device), c.to(device), noise_mode="const")))
-    stack = np.stack(frames, 1).reshape(-1, *frames[0].shape[1:])  # rows = conditions
-    save_png(_grid(stack, len(c)), out_png)
-    if out_gif:
-        strips = [Image.fromarray(np.concatenate(list(f), 1)) for f in frames]
-        strips = strips + strips[-2:0:-1]  # forth and back, ends not repeated
-        with atomic_path(out_gif) as tmp:
-            strips[0].save(tmp, format="GIF", save_all=True, append_images=strips[1:], duration=150, loop=0)
+    save_frames(frames, out_png, out_gif)  # rows = conditions
     return names
