@@ -56,7 +56,7 @@ def main():
 
         def timed(cache_dir):
             t = time.perf_counter()
-            f = extract(index, "domain", opts, str(ref), "cpu", cache_dir)
+            (f,) = extract([index], "domain", opts, str(ref), "cpu", cache_dir)
             return time.perf_counter() - t, f
 
         t_none, f0 = timed(None)

@@ -146,6 +146,12 @@ def cmd_train_gan(a):
     train(tiles, a.outdir, o, progress=not a.quiet)
 
 
+def _tile_meta(tiles) -> dict:
+    """The real tiles' size and scale, given to generated tiles."""
+    return {"tile_px": int(tiles["tile_px"].iloc[0]), "tile_um": float(tiles["tile_um"].iloc[0]),
+            "mpp": float(tiles["mpp"].iloc[0])}
+
+
 def _cuda_count():
     import torch
 
@@ -160,8 +166,7 @@ def cmd_generate(a):
 
     o = _opts(a, "generate")
     tiles = read_index(a.tiles)
-    meta = {k: tiles[k].iloc[0] for k in ("tile_px", "tile_um", "mpp")}
-    meta = {k: (float(v) if k != "tile_px" else int(v)) for k, v in meta.items()}
+    meta = _tile_meta(tiles)
     dev = _device()
     df = generate(a.network, a.outdir, o["per_class"], truncation=o["truncation"], seed0=o["seed0"], batch=o["batch"],
                   device=dev, tile_meta=meta, progress=not a.quiet, fov_um=o["fov_um"], out_px=o["out_px"])
@@ -266,7 +271,7 @@ def cmd_generate_profiles(a):
     sets = [{"name": n, "c": v, "meta": m, "seeds": np.arange(a.seed0, a.seed0 + a.per_profile)}
             for n, v, m in zip(names, vecs, metas)]
     tiles = read_index(a.tiles)
-    meta = {"tile_px": int(tiles["tile_px"].iloc[0]), "tile_um": float(tiles["tile_um"].iloc[0]), "mpp": float(tiles["mpp"].iloc[0])}
+    meta = _tile_meta(tiles)
     df = generate_sets(G, sets, a.outdir, a.network, batch=64, device=dev, tile_meta=meta, progress=not a.quiet)
     write_index(df, a.out_index)
     if a.grid:
@@ -294,8 +299,7 @@ def cmd_evaluate_profiles(a):
                         f"meaningful on test patients the VAE and GAN never saw")
     out = {"key": key, "extractors": {}}
     for ex in o["extractors"]:
-        fr = extract(real, ex, o, a.reference, dev, a.feature_cache)
-        ff = extract(fake, ex, o, a.reference, dev, a.feature_cache)
+        fr, ff = extract([real, fake], ex, o, a.reference, dev, a.feature_cache)
         r = profile_specificity(real, fr, fake, ff, key, seed=o["seed"], kid_subset=o["kid_subset_size"])
         out["extractors"][ex] = r
         if r.get("pairs"):
@@ -337,8 +341,7 @@ def cmd_evaluate(a):
     model, classes, _ = load_reference(a.reference, dev)
     out = {"metrics": {}, "concordance": None}
     for ex in o["extractors"]:
-        fr = extract(real, ex, o, a.reference, dev, a.feature_cache)
-        ff = extract(fake, ex, o, a.reference, dev, a.feature_cache)
+        fr, ff = extract([real, fake], ex, o, a.reference, dev, a.feature_cache)
         out["metrics"][ex] = evaluate_features(real, fr, fake, ff, o, ex)
         log.info("[%s] FID %.3f (floor %.3f), KID %.5f, precision %.3f, recall %.3f, n=%d", ex, out["metrics"][ex]["fid"],
                  out["metrics"][ex]["fid_real_vs_real"], out["metrics"][ex]["kid_mean"], out["metrics"][ex]["precision"],

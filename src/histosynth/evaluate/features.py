@@ -45,9 +45,10 @@ def inception_features(extractor, tiles_uint8: np.ndarray, batch=64, device="cpu
     return torch.cat(out).numpy()
 
 
-def extract(index, extractor: str, opts: dict, reference: str, device="cpu", cache_dir=None):
-    """Features of `index`'s tiles by `extractor` (inception-v3 | domain), cached per tile
-    store when `cache_dir` is given (see histosynth.evaluate.cache)."""
+def extract(indexes: list, extractor: str, opts: dict, reference: str, device="cpu", cache_dir=None) -> list:
+    """Features of each index's tiles by `extractor` (inception-v3 | domain), with the network
+    loaded and its weights hashed once; cached per tile store when `cache_dir` is given (see
+    histosynth.evaluate.cache)."""
     from histosynth.evaluate.cache import cached_features, file_digest
 
     if extractor == "domain":
@@ -55,8 +56,9 @@ def extract(index, extractor: str, opts: dict, reference: str, device="cpu", cac
         from histosynth.classify.study import load_reference
 
         model, _, _ = load_reference(reference, device)
-        ex_id = f"domain-{file_digest(reference)}"
-        return cached_features(index, ex_id, lambda x: features(model, x, device), cache_dir)
-    ext = inception_extractor(opts["inception_weights"])
-    ex_id = f"inception-v3-{file_digest(opts['inception_weights'])}"
-    return cached_features(index, ex_id, lambda x: inception_features(ext, x, device=device), cache_dir)
+        ex_id, fn = f"domain-{file_digest(reference)}", lambda x: features(model, x, device)
+    else:
+        ext = inception_extractor(opts["inception_weights"])
+        ex_id = f"inception-v3-{file_digest(opts['inception_weights'])}"
+        fn = lambda x: inception_features(ext, x, device=device)  # noqa: E731
+    return [cached_features(index, ex_id, fn, cache_dir) for index in indexes]
