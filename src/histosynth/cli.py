@@ -136,6 +136,18 @@ def cmd_train_gan(a):
     if int(os.environ.get("RANK", "0")) == 0:
         log.info("train_gan: %d process(es); CUDA devices visible: %s", world, _cuda_count())
     tiles = read_index(a.tiles)
+    if a.masks_options or a.masks:
+        from histosynth.gan.training.mask_loop import train_mask
+
+        if a.config:  # the config's mask run: gan overridden by masks.gan
+            from histosynth.config import load_config
+            from histosynth.masks.run import run_options
+
+            cfg = load_config(a.config)
+            o = dict(run_options(cfg["gan"], cfg["masks"]), threads=a.threads)
+
+        train_mask(tiles, a.outdir, o, _masks_opts(a), progress=not a.quiet)
+        return
     if o["conditioning"] == "expression":
         from histosynth.expression.prepare import attach_embeddings
 
@@ -313,6 +325,157 @@ def cmd_evaluate_profiles(a):
         heldout_grid(real, load_tiles(real), fake, load_tiles(fake), key, a.grid)
 
 
+def _masks_opts(a):
+    """The masks section (from --masks-options JSON or the --config file), labels resolved."""
+    from histosynth.config import load_config, validate
+    from histosynth.masks.run import resolve_labels
+
+    if getattr(a, "config", None):
+        m = load_config(a.config)["masks"]
+    else:
+        raw = getattr(a, "masks_options", None) or getattr(a, "options", None)
+        m = validate({"masks": json.loads(raw) if raw else {}}, "--masks-options")["masks"]
+    return resolve_labels(m)
+
+
+def cmd_fit_segmenter(a):
+    from histosynth.masks.colour import ColourSegmenter
+    from histosynth.slides.store import load_tiles, read_index
+
+    m = _masks_opts(a)
+    tiles = read_index(a.tiles)
+    train = tiles[tiles["kept"] & (tiles["partition"] == "train")]
+    if len(train) == 0:
+        raise UserError(f"{a.tiles}: no kept training tiles to fit the colour segmenter on")
+    pick = train.sample(min(len(train), m["auto"]["fit_tiles"]), random_state=0)
+    seg = ColourSegmenter(m["auto"]["background_od"], median=m["auto"]["median"]).fit(load_tiles(pick))
+    seg.save(a.out)
+    log.info("colour segmenter: haematoxylin threshold %.4f from %d tissue pixels of %d training tiles",
+             seg.nuclei_h, seg.n_fit_pixels, len(pick))
+
+
+def cmd_label_maps(a):
+    from histosynth.masks.build import slide_label_maps
+    from histosynth.masks.labels import LabelSet
+    from histosynth.slides.store import read_index
+
+    m = _masks_opts(a)
+    seg = None
+    if m["source"] == "auto":
+        from histosynth.masks.colour import ColourSegmenter
+
+        if not a.segmenter:
+            raise UserError("masks.source auto: give --segmenter (results/masks/segmenter.json from fit-segmenter)")
+        seg = ColourSegmenter.load(a.segmenter)
+    slide_label_maps(read_index(a.tiles), a.slide_id, m["source"], LabelSet.from_config(m["labels"]), a.store, a.index,
+                     segmenter=seg, annotations=a.annotations, class_map=m["geojson_classes"], progress=not a.quiet)
+
+
+def cmd_mask_index(a):
+    import pandas as pd
+
+    from histosynth.slides.store import read_index, write_index
+
+    df = pd.concat([read_index(p) for p in a.indexes], ignore_index=True)
+    if len(df) == 0:
+        raise UserError("no tile has a label map (see logs/label_maps/): nothing for the mask run to train on")
+    write_index(df, a.out)
+    log.info("mask index: %d tiles with label maps; per partition %s", len(df), df["partition"].value_counts().to_dict())
+
+
+def cmd_import_pannuke(a):
+    from histosynth.masks.pannuke import import_pannuke
+
+    m = _masks_opts(a)
+    if not m["pannuke"]["folds"]:
+        raise UserError("masks.pannuke.folds is empty: name each PanNuke fold folder and its partition")
+    df = import_pannuke(m["pannuke"]["folds"], Path(a.out).parent, m["pannuke"]["mpp"], progress=not a.quiet)
+    log.info("PanNuke: %d tiles; per partition %s", len(df), df["partition"].value_counts().to_dict())
+
+
+def cmd_train_segnet(a):
+    from histosynth.masks.build import load_maps
+    from histosynth.masks.segnet import SegNet
+    from histosynth.slides.store import load_tiles, read_index
+
+    m = _masks_opts(a)
+    idx = read_index(a.index)
+    train = idx[idx["partition"] == "train"]
+    train = train.sample(min(len(train), a.max_tiles), random_state=0)
+    net = SegNet(len(m["labels"]), int(idx["tile_px"].iloc[0]), device=_device())
+    net.fit(load_tiles(train), load_maps(train), steps=a.steps, progress=not a.quiet)
+    net.save(a.out)
+
+
+def cmd_generate_layout(a):
+    from histosynth.generate.from_maps import generate_from_maps, triplet_figure
+    from histosynth.masks.labels import LabelSet
+    from histosynth.slides.store import read_index
+
+    m = _masks_opts(a)
+    idx = read_index(a.index)
+    out = Path(a.outdir)
+    dev = _device()
+    train = idx[idx["partition"] == "train"]
+    if m["max_maps"] and len(train) > m["max_maps"]:
+        train = train.sample(m["max_maps"], random_state=0).sort_index()
+    test = idx[idx["partition"] == "test"]
+    if len(test) == 0:
+        raise UserError("no label maps of test patients: layout fidelity needs held-out maps (check split.test_fraction)")
+    test = test.sample(min(len(test), m["eval_maps"]), random_state=0).sort_index()
+    bulk = generate_from_maps(a.network, train, out / "synthetic.tiff", a.out_index, m["per_map"], seed0=0,
+                              device=dev, name="train-maps", progress=not a.quiet)
+    held = generate_from_maps(a.network, test, out / "heldout.tiff", a.out_heldout, 1, seed0=10**6,
+                              device=dev, name="heldout-maps", progress=not a.quiet)
+    triplet_figure(idx, held.sample(min(len(held), m["triplets"]), random_state=0), LabelSet.from_config(m["labels"]),
+                   a.triplets, n=m["triplets"])
+    log.info("generated %d tiles from training maps and %d from held-out maps", len(bulk), len(held))
+
+
+def cmd_evaluate_layout(a):
+    from histosynth.evaluate.features import extract
+    from histosynth.evaluate.layout import layout_fidelity
+    from histosynth.evaluate.run import check_field_of_view, evaluate_features
+    from histosynth.masks.build import load_maps
+    from histosynth.masks.segnet import load_segmenter
+    from histosynth.slides.store import load_tiles, read_index
+
+    o = _opts(a, "evaluate")
+    m = _masks_opts(a)
+    dev = _device()
+    idx = read_index(a.index)
+    held, bulk = read_index(a.heldout), read_index(a.synthetic)
+    real_of = idx.set_index(["slide_id", "page"])
+    real_held = real_of.loc[list(zip(held["source_slide"], held["source_page"]))].reset_index()
+    maps = load_maps(held)
+    seg = load_segmenter(a.segmenter, dev)
+    out = {"run": a.run, "method": m["method"], "source": m["source"], "segmenter": Path(a.segmenter).name,
+           "layout": layout_fidelity(maps, seg.segment(load_tiles(held)), seg.segment(load_tiles(real_held)),
+                                     held["source_patient"].to_numpy(), [x["name"] for x in m["labels"]],
+                                     seed=o["seed"]),
+           "metrics": {}, "metrics_heldout": {}}
+    lay = out["layout"]
+    log.info("layout fidelity (%d held-out maps, %d patients): mIoU %.3f generated, %.3f real, %.3f chance",
+             lay["n_maps"], lay["n_patients"], lay["generated"]["miou"], lay["real"]["miou"], lay["chance"]["miou"])
+    real_train = idx[idx["partition"].isin(a.real_partitions)].reset_index(drop=True)
+    real_test = idx[idx["partition"] == "test"].reset_index(drop=True)
+    check_field_of_view(real_train, bulk)
+    for ex in o["extractors"]:
+        fr, fb, ft, fh = extract([real_train, bulk, real_test, held], ex, o, a.reference, dev, a.feature_cache)
+        out["metrics"][ex] = evaluate_features(real_train, fr, bulk, fb, o, ex)
+        out["metrics_heldout"][ex] = evaluate_features(real_test, ft, held, fh, o, ex)
+        log.info("[%s] FID training maps %.3f (floor %.3f); held-out maps %.3f (floor %.3f)", ex,
+                 out["metrics"][ex]["fid"], out["metrics"][ex]["fid_real_vs_real"],
+                 out["metrics_heldout"][ex]["fid"], out["metrics_heldout"][ex]["fid_real_vs_real"])
+    write_json(a.out, out)
+
+
+def cmd_draw(a):
+    from histosynth.draw.server import serve
+
+    serve(a.network, host=a.host, port=a.port, device=_device(), open_browser=a.open)
+
+
 def cmd_train_reference(a):
     from histosynth.classify.study import save_reference, train_reference
     from histosynth.slides.store import read_index
@@ -406,6 +569,13 @@ def cmd_report(a):
         add_expression_run(summary, run, gan_dir.parent / run, run_eval, a.expression_dir)
         training_plot(gan_dir.parent / run / "stats.jsonl", run_eval / "training.png")
         extra.append(expression_html(summary, run, run_eval, a.expression_dir))
+    if a.mask_run:
+        from histosynth.report.build import add_mask_run, mask_html
+
+        run_eval = eval_dir.parent / a.mask_run
+        add_mask_run(summary, a.mask_run, gan_dir.parent / a.mask_run, run_eval)
+        training_plot(gan_dir.parent / a.mask_run / "stats.jsonl", run_eval / "training.png")
+        extra.append(mask_html(summary, a.mask_run, gan_dir.parent / a.mask_run, run_eval))
     write_summary_json(summary, a.out_json)
     write_html(summary, a.out_html, gan_run=a.gan_run, gan_dir=gan_dir, eval_dir=eval_dir,
                classify_dir=Path(a.study).parent, qc_thumbs=thumbs, notes=notes, extra_sections=extra)
@@ -441,6 +611,9 @@ def main(argv=None):
     p = sub.add_parser("train-gan", help="train (or resume) the conditional GAN")
     _add_opts(p); p.add_argument("--tiles", required=True); p.add_argument("--outdir", required=True)
     p.add_argument("--embeddings", help="beta-VAE embeddings per patient/slide (conditioning: expression)")
+    p.add_argument("--masks-options", help="the masks section as JSON: train the label-map-conditioned run (SPADE/pix2pix) "
+                   "on --tiles, a mask index")
+    p.add_argument("--masks", action="store_true", help="with --config: train the config's mask run")
     p.add_argument("--threads", type=int, default=1); p.set_defaults(fn=cmd_train_gan)
     p = sub.add_parser("expression-prepare", help="expression matrix -> standardised profiles of the cohort (fitted on training patients)")
     _add_opts(p)
@@ -474,6 +647,40 @@ def main(argv=None):
         p.add_argument(k, required=True)
     p.add_argument("--blend-png"); p.add_argument("--blend-gif")
     p.add_argument("--latent-png"); p.add_argument("--latent-gif"); p.set_defaults(fn=cmd_generate)
+    p = sub.add_parser("fit-segmenter", help="fit the colour-deconvolution segmenter (auto label maps) on training tiles")
+    _add_opts(p); p.add_argument("--tiles", required=True); p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_fit_segmenter)
+    p = sub.add_parser("label-maps", help="label maps of one slide's tiles (auto segmenter or QuPath GeoJSON)")
+    _add_opts(p)
+    for k in ("--tiles", "--slide-id", "--store", "--index"):
+        p.add_argument(k, required=True)
+    p.add_argument("--segmenter"); p.add_argument("--annotations", help="the slide's QuPath GeoJSON (source geojson)")
+    p.set_defaults(fn=cmd_label_maps)
+    p = sub.add_parser("mask-index", help="combine the slides' label-map indexes")
+    p.add_argument("--indexes", nargs="+", required=True); p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_mask_index)
+    p = sub.add_parser("import-pannuke", help="PanNuke folds -> tile stores, label-map stores and the mask index")
+    _add_opts(p); p.add_argument("--out", required=True); p.set_defaults(fn=cmd_import_pannuke)
+    p = sub.add_parser("train-segnet", help="train the U-Net segmenter on real training tiles and maps (layout fidelity)")
+    _add_opts(p); p.add_argument("--index", required=True); p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=2000); p.add_argument("--max-tiles", type=int, default=20000)
+    p.set_defaults(fn=cmd_train_segnet)
+    p = sub.add_parser("generate-layout", help="tiles from training label maps (bulk) and held-out maps, and triplets")
+    _add_opts(p)
+    for k in ("--network", "--index", "--outdir", "--out-index", "--out-heldout", "--triplets"):
+        p.add_argument(k, required=True)
+    p.set_defaults(fn=cmd_generate_layout)
+    p = sub.add_parser("evaluate-layout", help="layout fidelity (mIoU) and FID of a mask run")
+    _add_opts(p)
+    for k in ("--index", "--synthetic", "--heldout", "--segmenter", "--reference", "--masks-options", "--out"):
+        p.add_argument(k, required=True)
+    p.add_argument("--run", default="mask"); p.add_argument("--real-partitions", nargs="+", default=["train"])
+    p.add_argument("--feature-cache"); p.set_defaults(fn=cmd_evaluate_layout)
+    p = sub.add_parser("draw", help="serve the drawing page: paint a label map, get a synthetic tile")
+    p.add_argument("--network", nargs="+", required=True, help="mask-run network.pt file(s) to choose from")
+    p.add_argument("--host", default="127.0.0.1"); p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.set_defaults(fn=cmd_draw)
     p = sub.add_parser("train-reference", help="train the reference classifier on real training tiles")
     _add_opts(p); p.add_argument("--tiles", required=True); p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_train_reference)
@@ -495,6 +702,7 @@ def main(argv=None):
     p.add_argument("--gan-run", default="stylegan2-class"); p.add_argument("--run-name", default="histosynth")
     p.add_argument("--expression-run", action="append", help="an expression-conditioned run to add (repeatable)")
     p.add_argument("--expression-dir", default="results/expression")
+    p.add_argument("--mask-run", help="the layout-conditioned (label-map) run to add")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("config-doc", help="print the configuration reference (config/README.md) from the schema")

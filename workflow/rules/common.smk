@@ -38,6 +38,20 @@ EXPR_RUNS = [r for r, o in RUNS.items() if o["conditioning"] == "expression"]
 if EXPR_RUNS and not config["expression"]["matrix"]:
     raise ValueError("an expression-conditioned GAN run needs expression.matrix (a GCT, CSV or STAR manifest)")
 
+# The layout-conditioned (label-map) run, when masks.enabled: its own rules (rules/masks.smk),
+# options = gan overridden by masks.gan.
+from histosynth.masks.run import resolve_labels as _resolve_labels, run_options as _mask_run_options
+
+MASKS = config["masks"]
+MASK_RUN = MASKS["run_name"] if MASKS["enabled"] else None
+MASK_OPTS = _mask_run_options(config["gan"], MASKS) if MASKS["enabled"] else {}
+if MASKS["enabled"]:
+    _resolve_labels(MASKS)  # a bad label set stops the workflow before any job runs
+    if MASK_RUN in RUNS:
+        raise ValueError(f"masks.run_name {MASK_RUN!r} must differ from the other runs' names {sorted(RUNS)}")
+    if MASKS["source"] == "geojson" and not MASKS["geojson_dir"]:
+        raise ValueError("masks.source geojson needs masks.geojson_dir (the folder of <slide_id>.geojson files)")
+
 # How rules call histosynth. Normally the `histosynth` command installed beside Snakemake.
 # Under `--software-deployment-method conda` each rule runs in its pinned environment from
 # workflow/envs/, which holds the dependencies but not histosynth: the code then runs from
@@ -126,3 +140,37 @@ def all_download_records(wildcards):
     sheet = sample_sheet()
     slide_dir = config["acquire"]["slide_dir"] + "/"
     return ["results/acquire/verified/" + p.removeprefix(slide_dir) + ".json" for p in sheet["path"]]
+
+
+def label_map_inputs(wildcards):
+    inputs = {"tiles": "results/split/tiles.parquet"}
+    if MASKS["source"] == "auto":
+        inputs["segmenter"] = "results/masks/segmenter.json"
+    else:  # geojson: the slide's annotation file, when there is one (slides without it get no maps)
+        p = Path(MASKS["geojson_dir"]) / f"{wildcards.slide}.geojson"
+        if p.exists():
+            inputs["annotations"] = str(p)
+    return inputs
+
+
+def all_label_map_indexes(wildcards):
+    return expand("results/masks/slides/{slide}.parquet", slide=sample_sheet()["slide_id"])
+
+
+def evaluate_layout_inputs(wildcards):
+    inputs = {"index": "results/masks/index.parquet",
+              "synthetic": f"results/generate/{MASK_RUN}/synthetic.parquet",
+              "heldout": f"results/generate/{MASK_RUN}/heldout.parquet",
+              "segmenter": "results/masks/segmenter.json" if MASKS["source"] == "auto" else "results/masks/segnet.pt",
+              "reference": "results/evaluate/reference_classifier.pt"}
+    if "inception-v3" in config["evaluate"]["extractors"]:
+        inputs["weights"] = config["evaluate"]["inception_weights"]
+    return inputs
+
+
+def mask_outputs():
+    """What the mask run adds to the report."""
+    if not MASKS["enabled"]:
+        return []
+    return [f"results/evaluate/{MASK_RUN}/layout.json", f"results/evaluate/{MASK_RUN}/triplets.png",
+            f"results/gan/{MASK_RUN}/stats.jsonl"]

@@ -8,6 +8,7 @@ rule report:
         study="results/classify/study.json",
         thumbs=all_qc_thumbs,
         expression=expression_outputs(),
+        masks=mask_outputs(),
     output:
         json="results/report/summary.json",
         html=report("results/report/summary.html", caption="../report/summary.rst", category="Summary"),
@@ -19,9 +20,10 @@ rule report:
     params:
         run_name=config["run_name"],
         expression=" ".join(f"--expression-run {r}" for r in EXPR_RUNS),
+        masks=f"--mask-run {MASK_RUN}" if MASK_RUN else "",
     conda:
         "../envs/report.yaml"
     shell:
         "{HISTOSYNTH} -q report --sheet {input.sheet} --tiles {input.tiles} --gan-dir results/gan/{GAN} "
         "--gan-run {GAN} --metrics {input.metrics} --study {input.study} --qc-dir results/tiles/qc "
-        "--out-json {output.json} --out-html {output.html} --run-name {params.run_name:q} {params.expression} > {log} 2>&1"
+        "--out-json {output.json} --out-html {output.html} --run-name {params.run_name:q} {params.expression} {params.masks} > {log} 2>&1"

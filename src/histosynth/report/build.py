@@ -155,6 +155,59 @@ def expression_html(summary: dict, run: str, eval_dir, expression_dir) -> str:
     return "".join(parts)
 
 
+def add_mask_run(summary: dict, run: str, gan_dir, eval_dir) -> None:
+    """The layout-conditioned run into `summary`: gan, metrics (tiles from training maps) and
+    `masks.<run>` (layout fidelity and FID on held-out maps)."""
+    gan_dir, eval_dir = Path(gan_dir), Path(eval_dir)
+    opts = json.loads((gan_dir / "training_options.json").read_text())
+    stats = [json.loads(x) for x in open(gan_dir / "stats.jsonl") if x.strip()]
+    lay = json.loads((eval_dir / "layout.json").read_text())
+    summary["gan"][run] = {"kimg": stats[-1]["kimg"] if stats else 0, "resolution": opts["resolution"],
+                           "conditioning": "mask", "method": opts["mask"]["method"], "n_train_tiles": opts["n_train_tiles"],
+                           "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"]}
+    summary["metrics"][run] = lay["metrics"]
+    summary.setdefault("masks", {})[run] = {"method": lay["method"], "source": lay["source"], "segmenter": lay["segmenter"],
+                                            "layout": lay["layout"], "metrics_heldout": lay["metrics_heldout"]}
+
+
+def mask_html(summary: dict, run: str, gan_dir, eval_dir) -> str:
+    gan_dir, eval_dir = Path(gan_dir), Path(eval_dir)
+    g, mk = summary["gan"][run], summary["masks"][run]
+    lay = mk["layout"]
+    src = {"auto": "colour deconvolution of each real tile (background / stroma / nuclei)",
+           "geojson": "QuPath GeoJSON annotations rasterised at each tile's microns",
+           "pannuke": "PanNuke nucleus masks"}[mk["source"]]
+    seg = ("the same colour-deconvolution segmenter that made the maps" if mk["segmenter"].endswith(".json")
+           else "a U-Net trained on real training tiles and their maps")
+    parts = [f"<h2>Layout-conditioned run: {html.escape(run)}</h2>",
+             f"<p>{html.escape(mk['method'])} generator conditioned on semantic label maps from {src}; "
+             f"{g['kimg']:.1f} kimg on {g['n_train_tiles']} training tiles. Test patients' maps were never seen in "
+             f"training.</p>",
+             "<h3>Held-out triplets: label map, real tile, synthetic tile</h3>" + _img(eval_dir / "triplets.png", 480),
+             f"<h3>Layout fidelity ({lay['n_maps']} held-out maps, {lay['n_patients']} patients)</h3>"
+             f"<p>Each generated tile is segmented with {seg} and compared with the map it was generated from "
+             f"(IoU per class over all pixels; 95% CI by bootstrap over patients). <b>real</b>: the real tiles "
+             f"segmented the same way (the ceiling{'; 1 by construction, since the maps are that segmentation' if mk['segmenter'].endswith('.json') else ''}); "
+             f"<b>chance</b>: generated tiles against other tiles' maps (a generator ignoring the layout).</p>"]
+    rows = []
+    for what in ("generated", "real", "chance"):
+        r = lay.get(what)
+        if r:
+            rows.append({"": what, "mIoU": r["miou"], "mIoU 95% CI": r["miou_ci95"] or "n/a", "pixel accuracy": r["pixel_accuracy"],
+                         **{f"IoU {k}": (v if v is not None else "n/a") for k, v in r["iou"].items()}})
+    parts.append(_table(rows, list(rows[0])))
+    rows = []
+    for name, ms in (("tiles from training maps vs real training tiles", summary["metrics"][run]),
+                     ("tiles from held-out maps vs real test tiles", mk["metrics_heldout"])):
+        for ex, m in ms.items():
+            rows.append({"set": name, "extractor": ex, "FID": m["fid"], "FID real-vs-real floor": m["fid_real_vs_real"],
+                         "KID": m["kid_mean"], "precision": m["precision"], "recall": m["recall"], "n per side": m["n_real"],
+                         "flag": "BELOW min_samples" if m["below_min_samples"] else ""})
+    parts.append("<h3>Generative metrics</h3>" + _table(rows, list(rows[0])))
+    parts.append("<p>Training: losses by kimg.</p>" + _img(eval_dir / "training.png"))
+    return "".join(parts)
+
+
 def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_dir, qc_thumbs: dict, notes: dict,
                extra_sections=()):
     gan_dir, eval_dir, classify_dir = Path(gan_dir), Path(eval_dir), Path(classify_dir)

@@ -39,7 +39,12 @@ def training_plot(stats_jsonl, path):
     ax[0].plot(k, [r["loss_G"] for r in rows], label="G")
     ax[0].plot(k, [r["loss_D"] for r in rows], label="D")
     ax[0].set_xlabel("kimg"); ax[0].set_ylabel("loss"); ax[0].legend()
-    ax[1].plot(k, [r["augment_p"] for r in rows], label="augment p")
+    if rows and "augment_p" in rows[0]:
+        ax[1].plot(k, [r["augment_p"] for r in rows], label="augment p")
+    else:  # mask runs: the generator's loss terms
+        for key in ("g_adv", "g_fm", "g_l1", "g_kl"):
+            if rows and rows[0].get(key) is not None:
+                ax[1].plot(k, [r[key] for r in rows], label=key)
     ax[1].set_xlabel("kimg"); ax[1].legend()
     _save(fig, path)
 

@@ -6,7 +6,8 @@ store holds: a store whose slide yielded no tiles holds a single 1x1 page that i
 description marks as empty, because a TIFF cannot have zero pages.
 
 Index columns (real tiles): slide_id, patient_id, label, page, x, y (level-0 pixels of the
-tile's top-left corner), level, downsample, mpp (µm per pixel of the stored tile), tile_px,
+tile's top-left corner), level, downsample, mpp (µm per pixel of the stored tile), mpp0 (µm per
+level-0 pixel of the slide), tile_px,
 tile_um, the QC scores, kept, reject_reason. Synthetic stores add seed, condition, network.
 """
 from __future__ import annotations
@@ -44,9 +45,11 @@ class TileStoreWriter:
         return self.append_encoded(self.encode(tile), tile.shape)
 
     def append_encoded(self, encoded: bytes, shape) -> int:
-        """Append a page from `encode()`'s output: one deflate strip of an RGB uint8 tile."""
+        """Append a page from `encode()`'s output: one deflate strip of an RGB uint8 tile (or, for
+        label-map stores, of a single-channel uint8 map of shape (H, W))."""
         desc = json.dumps({"histosynth_tile_store": 1, **self.meta}) if self.n == 0 else None
-        self._tif.write(iter([encoded]), shape=tuple(shape), dtype=np.uint8, photometric="rgb", compression="zlib",
+        photometric = "rgb" if len(shape) == 3 else "minisblack"
+        self._tif.write(iter([encoded]), shape=tuple(shape), dtype=np.uint8, photometric=photometric, compression="zlib",
                         rowsperstrip=int(shape[0]), description=desc, metadata=None)
         self.n += 1
         return self.n - 1

@@ -168,10 +168,10 @@ def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict,
                 release_free_memory()  # peak memory stays flat however large the slide
             rows.append(dict(slide_id=slide_id, patient_id=patient_id, label=label, page=page, x=x, y=y,
                              level=choice.level, downsample=choice.downsample, mpp=tile_um / tile_px,
-                             tile_px=tile_px, tile_um=tile_um, tissue_fraction=frac, **scores,
+                             mpp0=mpp0, tile_px=tile_px, tile_um=tile_um, tissue_fraction=frac, **scores,
                              stain_norm=opts["stain_norm"],
                              kept=not reason, reject_reason=reason))
-    cols = ["slide_id", "patient_id", "label", "page", "x", "y", "level", "downsample", "mpp", "tile_px", "tile_um",
+    cols = ["slide_id", "patient_id", "label", "page", "x", "y", "level", "downsample", "mpp", "mpp0", "tile_px", "tile_um",
             "tissue_fraction", "whitespace_fraction", "grayspace_fraction", "blur", "pen_fraction", "mean_od",
             "stain_norm", "kept", "reject_reason"]
     df = pd.DataFrame(rows, columns=cols)

@@ -70,6 +70,34 @@ def _allreduce_grads(module, world):
         off += g.numel()
 
 
+@torch.no_grad()
+def ema_update(G_ema, G, cur_nimg: int, opts: dict) -> None:
+    """G_ema <- EMA of G with a half-life of ema_kimg (ramped up over the first images)."""
+    ema_nimg = opts["ema_kimg"] * 1000
+    if opts["ema_rampup"]:
+        ema_nimg = min(ema_nimg, (cur_nimg + opts["batch"]) * opts["ema_rampup"])
+    beta = 0.5 ** (opts["batch"] / max(ema_nimg, 1e-8))
+    for pe, p in zip(G_ema.parameters(), G.parameters()):
+        pe.copy_(p.detach().lerp(pe, beta))
+    for be, b in zip(G_ema.buffers(), G.buffers()):
+        be.copy_(b)
+
+
+def gather_snapshot_state(modules, sample_gen, world):
+    """(checksum, every rank's checksum, every rank's RNG states, every rank's batch-sampler
+    state) at a snapshot; raises if the ranks' weights diverged."""
+    checksum = float(sum(p.detach().double().sum() for m in modules for p in m.parameters()))
+    if world == 1:
+        return checksum, [checksum], [ckpt.rng_state()], [sample_gen.get_state()]
+    sums, rngs, gens = [None] * world, [None] * world, [None] * world
+    dist.all_gather_object(sums, checksum)
+    if len(set(sums)) != 1:
+        raise RuntimeError(f"ranks diverged: parameter checksums {sums}")
+    dist.all_gather_object(rngs, ckpt.rng_state())
+    dist.all_gather_object(gens, sample_gen.get_state())
+    return checksum, sums, rngs, gens
+
+
 def _grid(images_uint8: np.ndarray, rows: int) -> np.ndarray:
     n, h, w, c = images_uint8.shape
     cols = math.ceil(n / rows)
@@ -229,16 +257,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
         if rt is not None:
             acc["rt"].append(rt)
 
-        # EMA
-        ema_nimg = opts["ema_kimg"] * 1000
-        if opts["ema_rampup"]:
-            ema_nimg = min(ema_nimg, (cur_nimg + opts["batch"]) * opts["ema_rampup"])
-        beta = 0.5 ** (opts["batch"] / max(ema_nimg, 1e-8))
-        with torch.no_grad():
-            for pe, p in zip(G_ema.parameters(), G.parameters()):
-                pe.copy_(p.detach().lerp(pe, beta))
-            for be, b in zip(G_ema.buffers(), G.buffers()):
-                be.copy_(b)
+        ema_update(G_ema, G, cur_nimg, opts)
         acc["loss_G"].append(float(loss_G.detach())); acc["loss_D"].append(float(loss_D.detach()))
         cur_nimg += opts["batch"]
         step += 1
@@ -259,17 +278,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
             next_tick += int(opts["tick_kimg"] * 1000)
         if cur_nimg >= next_snap or cur_nimg >= total:
             next_snap += int(opts["snap_kimg"] * 1000)
-            rngs = [ckpt.rng_state()]
-            gens = [sample_gen.get_state()]
-            checksum = float(sum(p.detach().double().sum() for p in list(G.parameters()) + list(D.parameters())))
-            if world > 1:
-                sums = [None] * world
-                dist.all_gather_object(sums, checksum)
-                if len(set(sums)) != 1:
-                    raise RuntimeError(f"ranks diverged: parameter checksums {sums}")
-                rngs = [None] * world; gens = [None] * world
-                dist.all_gather_object(rngs, ckpt.rng_state())
-                dist.all_gather_object(gens, sample_gen.get_state())
+            checksum, sums, rngs, gens = gather_snapshot_state([G, D], sample_gen, world)
             if rank == 0:
                 with torch.no_grad():
                     imgs = torch.cat([G_ema(grid_z[i:i + 32].to(device), grid_c[i:i + 32].to(device), noise_mode="const")
@@ -285,7 +294,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
                 ckpt.save(resume, state)
                 with open(outdir / "snapshots.jsonl", "a") as f:
                     f.write(json.dumps({"snapshot_kimg": cur_nimg / 1000, "param_checksum": checksum,
-                                        "rank_checksums": sums if world > 1 else [checksum]}) + "\n")
+                                        "rank_checksums": sums}) + "\n")
             if world > 1:
                 dist.barrier()
     bar.close()
