@@ -26,6 +26,8 @@ TINY = {
                    "new_profiles": "resources/demo/new_profiles.csv", "vae_samples": 2, "per_profile": 4,
                    "heldout_per_profile": 40, "top_variance": 200,
                    "vae": {"epochs": 60, "latent": 8, "hidden": [64, 32]}, "gan": {"kimg": 0.2}},
+    "masks": {"enabled": True, "gan": {"kimg": 0.3, "batch": 8, "z_dim": 16}, "channel_base": 256, "channel_max": 32,
+              "spade_hidden": 16, "ndf": 16, "d_scales": 1, "eval_maps": 64, "max_maps": 150, "triplets": 4},
 }
 SNAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--cores", "2"]
 
@@ -65,6 +67,36 @@ def test_summary_has_every_design_key_with_measured_values(workdir):
     assert s["classifier"]["real"]["n_train_synthetic"] == 0 and s["classifier"]["synthetic"]["n_train_real"] == 0
     html = (workdir / "results/report/summary.html").read_text()
     assert "data:image/png;base64" in html and "real-vs-real" in html and "BELOW min_samples" in html
+
+
+def test_mask_run_end_to_end(workdir):
+    """The layout path of the DAG: colour segmenter fitted on training tiles -> label maps per
+    slide -> SPADE -> tiles from training and held-out maps -> mIoU and FID -> report."""
+    import pandas as pd
+
+    s = json.loads((workdir / "results/report/summary.json").read_text())
+    run_ = "spade-layout"
+    g = s["gan"][run_]
+    assert g["conditioning"] == "mask" and g["method"] == "spade" and g["kimg"] >= 0.3
+    lay = s["masks"][run_]["layout"]
+    assert lay["classes"] == ["background", "stroma", "nuclei"] and lay["n_maps"] > 10
+    assert lay["real"]["miou"] == pytest.approx(1.0)  # the maps are the segmenter's own output
+    for row in ("generated", "chance"):
+        assert 0 <= lay[row]["miou"] <= 1
+    m = s["masks"][run_]["metrics_heldout"]["domain"]
+    assert math.isfinite(m["fid"]) and math.isfinite(m["fid_real_vs_real"])
+    assert math.isfinite(s["metrics"][run_]["domain"]["fid"])
+    idx = pd.read_parquet(workdir / "results/masks/index.parquet")
+    tiles = pd.read_parquet(workdir / "results/split/tiles.parquet")
+    assert len(idx) == int(tiles["kept"].sum())  # every kept tile has a map
+    syn = pd.read_parquet(workdir / f"results/generate/{run_}/synthetic.parquet")
+    held = pd.read_parquet(workdir / f"results/generate/{run_}/heldout.parquet")
+    assert set(syn["source_partition"]) == {"train"} and set(held["source_partition"]) == {"test"}
+    assert len(syn) == min(150, int((idx["partition"] == "train").sum()))
+    assert len(held) == min(64, int((idx["partition"] == "test").sum()))
+    assert (workdir / f"results/evaluate/{run_}/triplets.png").stat().st_size > 1000
+    html = (workdir / "results/report/summary.html").read_text()
+    assert "Layout-conditioned run: spade-layout" in html and "Layout fidelity" in html
 
 
 def test_expression_run_end_to_end(workdir):

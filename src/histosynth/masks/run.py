@@ -32,6 +32,6 @@ def run_options(gan: dict, masks: dict) -> dict:
 
     o = copy.deepcopy(gan)
     o.update(masks.get("gan") or {}, name=masks["run_name"], conditioning="none")
-    o = validate({"gan": o}, "masks.gan")["gan"]
-    o["conditioning"] = "mask"
-    return o
+    # conditioning stays "none" here (the gan schema's value for "no class input"); the mask loop
+    # records "mask" in training_options.json and the checkpoint
+    return validate({"gan": o}, "masks.gan")["gan"]
