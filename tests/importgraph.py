@@ -93,18 +93,22 @@ def stage_modules() -> dict[str, set[str]]:
     module_level = {imp for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
                     for imp in _imports(n, "histosynth.cli")}
 
-    def reached(name: str) -> set[str]:
-        """cli functions `name` runs: itself and the module-level helpers it calls."""
+    def reached(name: str, stop=frozenset()) -> set[str]:
+        """cli functions `name` runs: itself and the module-level helpers it calls (not
+        descending into the functions in `stop`)."""
         out, todo = set(), [name]
         while todo:
             f = todo.pop()
             if f in out:
                 continue
             out.add(f)
+            if f in stop:
+                continue
             todo += [n.id for n in ast.walk(funcs[f]) if isinstance(n, ast.Name) and n.id in funcs]
         return out
 
-    base = reached("main") - {f for f in funcs if f.startswith("cmd_")}
+    commands = frozenset(f for f in funcs if f.startswith("cmd_"))
+    base = reached("main", commands) - commands  # what every command runs: main and its own helpers
     result = {}
     for name in funcs:
         if name.startswith("cmd_"):

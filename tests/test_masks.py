@@ -215,3 +215,37 @@ def test_mask_ddp_two_processes_keep_identical_weights(tmp_path):
     assert len(snaps) == 2
     for s in snaps:
         assert len(s["rank_checksums"]) == 2 and s["rank_checksums"][0] == s["rank_checksums"][1]
+
+
+def test_segmentation_network_for_annotation_label_sets(tmp_path):
+    """Label sets the colour rule cannot produce are judged by a U-Net trained on real
+    training pairs; on held-out toy tiles it recovers the maps."""
+    from histosynth.masks.segnet import SegNet, load_segmenter
+
+    torch.manual_seed(0)
+    idx, tiles, maps = toy_mask_index(tmp_path, 96, 32)
+    net = SegNet(3, 32, ngf=16).fit(tiles[:64], maps[:64], steps=150, batch=16, lr=3e-3, progress=False)
+    assert miou(confusion(net.segment(tiles[64:]), maps[64:], 3)) > 0.8
+    net.save(tmp_path / "segnet.pt")
+    np.testing.assert_array_equal(load_segmenter(tmp_path / "segnet.pt").segment(tiles[:4]), net.segment(tiles[:4]))
+
+
+def test_label_maps_command_with_geojson(tmp_path):
+    """`histosynth label-maps` on a slide's tiles and its QuPath export, as the workflow calls it."""
+    from histosynth.cli import main
+
+    with TileStoreWriter(tmp_path / "S1.tiff") as w:
+        w.append(np.zeros((16, 16, 3), np.uint8))
+    pd.DataFrame({"slide_id": "S1", "patient_id": "P1", "label": "a", "page": [0], "x": [1000], "y": [2000],
+                  "tile_px": 16, "tile_um": 32.0, "mpp": 2.0, "mpp0": 0.5, "kept": True, "store": str(tmp_path / "S1.tiff"),
+                  "partition": "train"}).to_parquet(tmp_path / "tiles.parquet")
+    (tmp_path / "S1.geojson").write_text(json.dumps([_feature("Tumor", [_square(1000, 2000, 1032, 2064)])]))
+    masks = {"source": "geojson", "labels": LABELS.to_config(), "geojson_classes": {"Tumor": "gland"}}
+    args = ["-q", "label-maps", "--options", json.dumps(masks), "--tiles", str(tmp_path / "tiles.parquet"),
+            "--slide-id", "S1", "--annotations", str(tmp_path / "S1.geojson"), "--store", str(tmp_path / "m.tiff"),
+            "--index", str(tmp_path / "m.parquet")]
+    assert main(args) == 0
+    m = load_maps(read_index(tmp_path / "m.parquet"))[0]
+    assert (m[:, :8] == 1).all() and (m[:, 8:] == 0).all()  # 32 level-0 px = 8 map px wide, 64 = full height
+    bad = dict(masks, labels=None)
+    assert main(args[:3] + [json.dumps(bad)] + args[4:]) == 2  # geojson without a label set: a clear error

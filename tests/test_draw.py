@@ -1,0 +1,113 @@
+"""The drawing page in a real headless browser (Debian's chromium through chromedriver):
+click a label, paint on the canvas, generate, and check the tile the page shows is exactly
+what the network makes from the map the server saw."""
+import base64
+import io
+import json
+import shutil
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from histosynth.masks.labels import AUTO_LABELS
+
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    from histosynth.gan.training.mask_loop import train_mask
+    from test_masks import mask_opts
+    from toydata import toy_mask_index
+
+    tmp = tmp_path_factory.mktemp("draw")
+    idx, _, _ = toy_mask_index(tmp, 64, 32)
+    o, m = mask_opts("spade", kimg=0.2, snap_kimg=0.2, tick_kimg=0.1, batch=8)
+    return train_mask(idx, tmp / "spade-layout", o, m, progress=False)
+
+
+@pytest.fixture(scope="module")
+def server(network):
+    from histosynth.draw.server import make_server
+
+    srv = make_server([network], port=0)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def _png(url):
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_api_rejects_bad_input_and_is_deterministic(server):
+    nets = json.loads(urllib.request.urlopen(server + "/api/networks").read())
+    assert nets[0]["labels"] == AUTO_LABELS and nets[0]["resolution"] == 32 and nets[0]["method"] == "spade"
+    req = urllib.request.Request(server + "/api/generate", data=json.dumps({"map": "not a png"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)
+    assert e.value.code == 400 and "PNG data URL" in json.loads(e.value.read())["error"]
+    m = np.full((64, 64, 3), 255, np.uint8); m[10:40, 10:40] = (31, 58, 147)
+    buf = io.BytesIO(); Image.fromarray(m).save(buf, format="PNG")
+    body = json.dumps({"network": 0, "seed": 3, "map": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()})
+    outs = [json.loads(urllib.request.urlopen(urllib.request.Request(server + "/api/generate", data=body.encode(),
+                                                                     headers={"Content-Type": "application/json"})).read())
+            for _ in range(2)]
+    assert outs[0]["tile"] == outs[1]["tile"] and outs[0]["classes"]["nuclei"] == 15 * 15
+
+
+@pytest.mark.skipif(not (CHROMEDRIVER and CHROMIUM), reason="needs chromium and chromedriver (apt install chromium "
+                    "chromium-driver; .ci/run installs them)")
+def test_page_round_trips_a_drawn_map_in_headless_chromium(server, network, tmp_path):
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from histosynth.gan.training.mask_loop import mask_generator_from_checkpoint
+    from histosynth.generate.from_maps import render
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000",
+              f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.get(server + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+        driver.find_element(By.ID, "label-background").click()
+        driver.find_element(By.ID, "fill").click()              # the whole map background...
+        driver.find_element(By.ID, "label-nuclei").click()
+        canvas = driver.find_element(By.ID, "canvas")           # ...then a nuclei stroke across the upper half
+        ActionChains(driver).move_to_element_with_offset(canvas, -120, -100).click_and_hold() \
+            .move_by_offset(120, 0).move_by_offset(120, 0).release().perform()
+        seed = driver.find_element(By.ID, "seed"); seed.clear(); seed.send_keys("7")
+        driver.find_element(By.ID, "generate").click()
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", \
+            driver.find_element(By.ID, "status").text
+        tile = _png(driver.find_element(By.ID, "result").get_attribute("src"))
+        seen = _png(driver.find_element(By.ID, "seen").get_attribute("src"))
+        assert driver.find_element(By.ID, "dl_tile").get_attribute("href").startswith("data:image/png")
+        assert driver.find_element(By.ID, "dl_map").get_attribute("download") == "label_map.png"
+    finally:
+        driver.quit()
+    G, labels, _, _ = mask_generator_from_checkpoint(network)
+    m = labels.from_rgb(seen)
+    assert tile.shape == (32, 32, 3) and m.shape == (32, 32)
+    # the stroke: nuclei in a horizontal band in the upper half, background elsewhere
+    rows = np.flatnonzero((m == 2).any(1))
+    assert len(rows) >= 2 and rows.max() < 16 and (m == 2).sum() > 40 and (m == 0).sum() > 500 and not (m == 1).any()
+    np.testing.assert_array_equal(tile, render(G, m[None], [7], len(labels))[0])  # exactly the network's tile
