@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from histosynth.config import validate
@@ -82,3 +83,45 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path):
     for s in snaps:
         assert len(s["rank_checksums"]) == 2 and s["rank_checksums"][0] == s["rank_checksums"][1]
     assert json.loads((tmp_path / "ddp" / "training_options.json").read_text())["world_size"] == 2
+
+
+def test_ada_pipeline():
+    """ADA's bgc pipeline: identity at p=0, every op gated by p, reflection padding (a constant
+    tile stays constant under any geometric op), colour ops centred, differentiable."""
+    from histosynth.gan.augment import AdaptiveAugment, ada_augment
+
+    torch.manual_seed(0)
+    x = torch.rand(2000, 3, 16, 16) * 1.6 - 0.8
+    assert torch.equal(ada_augment(x, 0.0), x)
+    changed = lambda p: float(((ada_augment(x, p) - x).abs().amax(dim=(1, 2, 3)) > 1e-4).float().mean())  # noqa: E731
+    assert changed(1.0) > 0.99
+    # 13 gated operations, a few of which draw their neutral value by chance: P(untouched) ~ (1 - p)^12
+    assert 0.40 < changed(0.05) < 0.53 and 0.04 < changed(0.005) < 0.08
+    const = torch.full((64, 1, 16, 16), 0.3)  # one channel: geometric ops and cutout only
+    g = ada_augment(const, 1.0, cutout=False)
+    assert (g - 0.3).abs().max() < 1e-5
+    assert abs(float(ada_augment(x, 0.5, cutout=False).mean() - x.mean())) < 0.02
+    xr = x[:8].clone().requires_grad_(True)
+    ada_augment(xr, 0.5).square().sum().backward()
+    assert xr.grad.abs().sum() > 0
+    aug = AdaptiveAugment("ada", target=0.6, speed_kimg=0.1, interval=1)
+    aug.observe(torch.ones(16), 16)  # D sure of every real: overfitting, p goes up
+    assert aug.p > 0
+
+
+def test_tensorboard_scalars_match_stats_jsonl(tmp_path):
+    pytest.importorskip("tensorboard")  # in the test extras; optional for users
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    index, _, _ = toy_index(tmp_path, 16)
+    train(index, tmp_path / "run", tiny_opts(kimg=0.1, snap_kimg=0.1, tick_kimg=0.05, batch=8), progress=False)
+    stats = [json.loads(x) for x in open(tmp_path / "run" / "stats.jsonl")]
+    ev = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    ev.Reload()
+    got = ev.Scalars("loss_G")
+    assert [e.step for e in got] == [round(s["kimg"] * 1000) for s in stats] and len(got) == 2
+    assert [e.value for e in got] == pytest.approx([s["loss_G"] for s in stats], rel=1e-5)
+    assert {"loss_D", "augment_p", "img_per_sec"} <= set(ev.Tags()["scalars"])
+    no_tb = tiny_opts(kimg=0.05, snap_kimg=0.05, tick_kimg=0.05, batch=8, tensorboard=False)
+    train(index, tmp_path / "off", no_tb, progress=False)
+    assert (tmp_path / "off" / "stats.jsonl").exists() and not (tmp_path / "off" / "tensorboard").exists()

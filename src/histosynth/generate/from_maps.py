@@ -82,7 +82,7 @@ def triplet_figure(real_index: pd.DataFrame, fake_index: pd.DataFrame, labels, p
             if i == 0:
                 ax[i, j].set_title(title)
         ax[i, 0].set_ylabel(f"{fk['source_patient'].iloc[i]}\n{fk['label'].iloc[i]}", fontsize=7)
-    fig.legend(handles=[Patch(color=np.asarray(c) / 255, label=nm) for nm, c in zip(labels.names, labels.colors)],
+    fig.legend(handles=[Patch(facecolor=np.asarray(c) / 255, edgecolor="0.3", label=nm) for nm, c in zip(labels.names, labels.colors)],
                loc="lower center", ncol=min(len(labels), 4), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ identical weights).
 Outputs in the run directory:
   training_options.json   the resolved options
   stats.jsonl             one line per tick: losses, R1, augmentation p and r_t, speed
+  tensorboard/            the same statistics as TensorBoard scalars (gan.tensorboard, if installed)
   snapshots.jsonl         one line per snapshot: parameter checksum of every rank (must agree)
   checkpoint.pt           the latest snapshot (resume point), written every ``snap_kimg``
   samples/fakes<kimg>.png per-class sample grids at each snapshot (reals.png once)
@@ -68,6 +69,39 @@ def _allreduce_grads(module, world):
     for g in grads:
         g.copy_(flat[off: off + g.numel()].view_as(g))
         off += g.numel()
+
+
+class StatsLog:
+    """Tick statistics: appended to ``stats.jsonl`` (always) and written as TensorBoard scalars
+    under ``tensorboard/`` when ``gan.tensorboard`` is on and the tensorboard package is
+    installed (``pip install tensorboard``; then ``tensorboard --logdir results/gan``)."""
+
+    def __init__(self, outdir, enabled: bool, rank: int):
+        self.path = Path(outdir) / "stats.jsonl"
+        self.rank, self.tb = rank, None
+        if rank == 0 and enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.info("tensorboard is not installed: statistics go to stats.jsonl only")
+            else:
+                self.tb = SummaryWriter(str(Path(outdir) / "tensorboard"))
+
+    def write(self, stats: dict) -> None:
+        if self.rank != 0:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(stats) + "\n")
+        if self.tb is not None:
+            step = int(round(stats["kimg"] * 1000))
+            for k, v in stats.items():
+                if k not in ("kimg", "step", "time") and isinstance(v, (int, float)) and v is not None:
+                    self.tb.add_scalar(k, v, global_step=step)
+            self.tb.flush()
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
 
 
 @torch.no_grad()
@@ -214,6 +248,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=cur_nimg, unit="img", desc="train_gan", disable=not progress or rank != 0)
+    stats_log = StatsLog(outdir, opts.get("tensorboard", True), rank)
     while cur_nimg < total:
         idx = torch.multinomial(weights, batch_gpu, replacement=True, generator=sample_gen)
         real = to_float(random_dihedral(source.get(idx), sample_gen), device)
@@ -270,9 +305,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
                      "img_per_sec": (cur_nimg - n_tick) / max(dt, 1e-9), "time": time.time()}
             if device.type == "cuda":
                 stats["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-            if rank == 0:
-                with open(outdir / "stats.jsonl", "a") as f:
-                    f.write(json.dumps(stats) + "\n")
+            stats_log.write(stats)
             acc = {k: [] for k in acc}
             t_tick, n_tick = time.time(), cur_nimg
             next_tick += int(opts["tick_kimg"] * 1000)
@@ -298,6 +331,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
             if world > 1:
                 dist.barrier()
     bar.close()
+    stats_log.close()
     final = outdir / "network.pt"
     if rank == 0:
         import shutil

@@ -2,8 +2,8 @@
 as the StyleGAN2 loop: single process or DistributedDataParallel-style under ``torchrun``
 (gradients all-reduced, identical weights on every rank, checked at every snapshot), exact
 resume from an atomic checkpoint (networks, optimisers, RNG and batch-sampler states), an EMA
-generator, bf16 autocast on GPU, ``training_options.json``, ``stats.jsonl`` and
-``snapshots.jsonl``, and sample grids (label map / real tile / generated tile) per snapshot.
+generator, bf16 autocast on GPU, ``training_options.json``, ``stats.jsonl`` (and
+TensorBoard), ``snapshots.jsonl``, and sample grids (label map / real tile / generated tile) per snapshot.
 
 Losses:
 * spade: hinge adversarial loss, discriminator feature matching (``lambda_fm``) and, with the
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from histosynth.gan import checkpoint as ckpt
 from histosynth.gan.dataset import TileSource, sampling_weights, to_float
 from histosynth.gan.mask_networks import build_mask_discriminator, build_mask_generator, one_hot
-from histosynth.gan.training.loop import (_allreduce_grads, _device, _dist_info, _grid, ema_update,
+from histosynth.gan.training.loop import (StatsLog, _allreduce_grads, _device, _dist_info, _grid, ema_update,
                                           gather_snapshot_state, save_png, to_uint8)
 from histosynth.masks.build import load_maps
 from histosynth.masks.labels import LabelSet
@@ -148,6 +148,7 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=cur_nimg, unit="img", desc="train_gan (mask)", disable=not progress or rank != 0)
+    stats_log = StatsLog(outdir, opts.get("tensorboard", True), rank)
     while cur_nimg < total:
         idx = torch.multinomial(weights, batch_gpu, replacement=True, generator=sample_gen)
         real_u8, seg_u8 = paired_dihedral(source.get(idx), maps[idx], sample_gen)
@@ -212,9 +213,7 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
                      "img_per_sec": (cur_nimg - n_tick) / max(dt, 1e-9), "time": time.time()}
             if device.type == "cuda":
                 stats["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-            if rank == 0:
-                with open(outdir / "stats.jsonl", "a") as f:
-                    f.write(json.dumps(stats) + "\n")
+            stats_log.write(stats)
             acc = {k: [] for k in acc}
             t_tick, n_tick = time.time(), cur_nimg
             next_tick += tick
@@ -240,6 +239,7 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
             if world > 1:
                 dist.barrier()
     bar.close()
+    stats_log.close()
     final = outdir / "network.pt"
     if rank == 0:
         import shutil
