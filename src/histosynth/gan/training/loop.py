@@ -117,6 +117,83 @@ def ema_update(G_ema, G, cur_nimg: int, opts: dict) -> None:
         be.copy_(b)
 
 
+def setup_run(opts: dict, outdir):
+    """(world size, rank, device, per-process batch, run folder): joins the process group
+    under torchrun and checks the batch divides over the processes."""
+    world, rank, local_rank = _dist_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and opts.get("device", "auto") != "cpu" else "gloo")
+    device = _device(opts, local_rank)
+    outdir = Path(outdir)
+    (outdir / "samples").mkdir(parents=True, exist_ok=True)
+    if opts["batch"] % world:
+        raise UserError(f"batch ({opts['batch']}) must be divisible by the number of processes ({world})")
+    return world, rank, device, opts["batch"] // world, outdir
+
+
+def training_tiles(tiles: pd.DataFrame, opts: dict) -> pd.DataFrame:
+    """The kept tiles of the partitions the GAN trains on (never test)."""
+    if "kept" in tiles.columns:
+        tiles = tiles[tiles["kept"]]
+    return tiles[tiles["partition"].isin(opts["train_partitions"])].reset_index(drop=True)
+
+
+def tick_stats(acc: dict, cur_nimg: int, step: int, n_tick: int, t_tick: float, device, **extra) -> dict:
+    """One stats.jsonl line: the mean of each accumulated loss since the last tick, and speed."""
+    dt = time.time() - t_tick
+    stats = {"kimg": cur_nimg / 1000, "step": step, **{k: (float(np.mean(v)) if v else None) for k, v in acc.items()},
+             **extra, "sec_per_kimg": dt / max((cur_nimg - n_tick) / 1000, 1e-9),
+             "img_per_sec": (cur_nimg - n_tick) / max(dt, 1e-9), "time": time.time()}
+    if device.type == "cuda":
+        stats["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return stats
+
+
+def resume_from(path: Path, rank: int, sample_gen: torch.Generator, **objects):
+    """Load a checkpoint into `objects` (name -> module or optimiser, as saved) and restore
+    this rank's RNG and batch-sampler states; the checkpoint dict, or None when there is none."""
+    if not path.exists():
+        return None
+    state = ckpt.load(path, map_location="cpu")
+    for name, obj in objects.items():
+        obj.load_state_dict(state[name])
+    ckpt.set_rng_state(state["rng"][rank])
+    sample_gen.set_state(state["sample_gen"][rank])
+    if rank == 0:
+        log.info("resumed from %s at %.1f kimg", path, state["cur_nimg"] / 1000)
+    return state
+
+
+def autocast(opts: dict, device):
+    """A context factory: bf16 autocast on GPU when gan.precision is bf16, else a no-op."""
+    if opts["precision"] == "bf16" and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return lambda: torch.autocast("cpu", enabled=False)
+
+
+def save_snapshot(outdir: Path, state: dict, checksum: float, sums: list) -> None:
+    """The resume point (``checkpoint.pt``, atomic) and its line in ``snapshots.jsonl``."""
+    ckpt.save(outdir / "checkpoint.pt", state)
+    with open(outdir / "snapshots.jsonl", "a") as f:
+        f.write(json.dumps({"snapshot_kimg": state["cur_nimg"] / 1000, "param_checksum": checksum,
+                            "rank_checksums": sums}) + "\n")
+
+
+def finish(outdir: Path, rank: int, world: int) -> Path:
+    """``network.pt``: the last checkpoint, copied atomically by rank 0 once training ends."""
+    import shutil
+
+    from histosynth.utils import atomic_path
+
+    final = outdir / "network.pt"
+    if rank == 0:
+        with atomic_path(final) as tmp:
+            shutil.copyfile(outdir / "checkpoint.pt", tmp)
+    if world > 1:
+        dist.barrier()
+    return final
+
+
 def gather_snapshot_state(modules, sample_gen, world):
     """(checksum, every rank's checksum, every rank's RNG states, every rank's batch-sampler
     state) at a snapshot; raises if the ranks' weights diverged."""
@@ -157,19 +234,8 @@ def save_png(arr, path):
 
 def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Path:
     """Train (or resume) a conditional GAN on the kept tiles of ``opts['train_partitions']``."""
-    world, rank, local_rank = _dist_info()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and opts.get("device", "auto") != "cpu" else "gloo")
-    device = _device(opts, local_rank)
-    outdir = Path(outdir)
-    (outdir / "samples").mkdir(parents=True, exist_ok=True)
-    if opts["batch"] % world:
-        raise UserError(f"gan.batch ({opts['batch']}) must be divisible by the number of processes ({world})")
-    batch_gpu = opts["batch"] // world
-
-    if "kept" in tiles.columns:
-        tiles = tiles[tiles["kept"]]
-    train_tiles = tiles[tiles["partition"].isin(opts["train_partitions"])].reset_index(drop=True)
+    world, rank, device, batch_gpu, outdir = setup_run(opts, outdir)
+    train_tiles = training_tiles(tiles, opts)
     spec = ConditioningSpec.fit(opts["conditioning"], train_tiles, opts.get("condition_columns"),
                                 noise=opts.get("expression_noise", 0.0))
     c_all = torch.from_numpy(spec.encode(train_tiles))
@@ -205,22 +271,14 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
     cur_nimg, step = 0, 0
 
     resume = outdir / "checkpoint.pt"
-    if resume.exists():
-        state = ckpt.load(resume, map_location="cpu")
-        G.load_state_dict(state["G"]); D.load_state_dict(state["D"]); G_ema.load_state_dict(state["G_ema"])
-        opt_G.load_state_dict(state["opt_G"]); opt_D.load_state_dict(state["opt_D"])
+    state = resume_from(resume, rank, sample_gen, G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D)
+    if state is not None:
         aug.load_state_dict(state["augment"])
         pl_mean = state["pl_mean"].to(device)
         cur_nimg, step = state["cur_nimg"], state["step"]
-        ckpt.set_rng_state(state["rng"][rank])
-        sample_gen.set_state(state["sample_gen"][rank])
-        if rank == 0:
-            log.info("resumed from %s at %.1f kimg", resume, cur_nimg / 1000)
     if rank == 0:
         write_json(outdir / "training_options.json", resolved)
-
-    use_bf16 = opts["precision"] == "bf16" and device.type == "cuda"
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else (lambda: torch.autocast("cpu", enabled=False))
+    amp = autocast(opts, device)
     G_fwd, D_fwd = G, D
     if opts.get("compile") and device.type == "cuda":
         G_fwd, D_fwd = torch.compile(G), torch.compile(D)
@@ -299,13 +357,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
         bar.update(opts["batch"])
 
         if cur_nimg >= next_tick or cur_nimg >= total:
-            dt = time.time() - t_tick
-            stats = {"kimg": cur_nimg / 1000, "step": step, **{k: (float(np.mean(v)) if v else None) for k, v in acc.items()},
-                     "augment_p": aug.p, "sec_per_kimg": dt / max((cur_nimg - n_tick) / 1000, 1e-9),
-                     "img_per_sec": (cur_nimg - n_tick) / max(dt, 1e-9), "time": time.time()}
-            if device.type == "cuda":
-                stats["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-            stats_log.write(stats)
+            stats_log.write(tick_stats(acc, cur_nimg, step, n_tick, t_tick, device, augment_p=aug.p))
             acc = {k: [] for k in acc}
             t_tick, n_tick = time.time(), cur_nimg
             next_tick += int(opts["tick_kimg"] * 1000)
@@ -324,22 +376,9 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
                          "sample_gen": gens, "options": opts, "conditioning": spec.to_dict(),
                          "training_set": {"n_tiles": len(train_tiles),
                                           "patients": sorted(train_tiles["patient_id"].unique().tolist())}}
-                ckpt.save(resume, state)
-                with open(outdir / "snapshots.jsonl", "a") as f:
-                    f.write(json.dumps({"snapshot_kimg": cur_nimg / 1000, "param_checksum": checksum,
-                                        "rank_checksums": sums}) + "\n")
+                save_snapshot(outdir, state, checksum, sums)
             if world > 1:
                 dist.barrier()
     bar.close()
     stats_log.close()
-    final = outdir / "network.pt"
-    if rank == 0:
-        import shutil
-
-        from histosynth.utils import atomic_path
-
-        with atomic_path(final) as tmp:
-            shutil.copyfile(resume, tmp)
-    if world > 1:
-        dist.barrier()
-    return final
+    return finish(outdir, rank, world)

@@ -14,7 +14,6 @@ Losses:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
@@ -28,11 +27,13 @@ import torch.nn.functional as F
 from histosynth.gan import checkpoint as ckpt
 from histosynth.gan.dataset import TileSource, sampling_weights, to_float
 from histosynth.gan.mask_networks import build_mask_discriminator, build_mask_generator, one_hot
-from histosynth.gan.training.loop import (StatsLog, _allreduce_grads, _device, _dist_info, _grid, ema_update,
-                                          gather_snapshot_state, save_png, to_uint8)
+from histosynth.gan.training.loop import (StatsLog, _allreduce_grads, _grid, autocast, ema_update, finish,
+                                          gather_snapshot_state, resume_from, save_png, save_snapshot, setup_run,
+                                          tick_stats,
+                                          to_uint8, training_tiles)
 from histosynth.masks.build import load_maps
 from histosynth.masks.labels import LabelSet
-from histosynth.utils import UserError, atomic_path, write_json
+from histosynth.utils import UserError, write_json
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +77,10 @@ def mask_generator_from_checkpoint(path, device="cpu"):
 def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: bool = True) -> Path:
     """Train (or resume) a label-map-conditioned generator on the training tiles of `index`
     (a mask index: tile store + label-map store columns)."""
-    world, rank, local_rank = _dist_info()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and opts.get("device", "auto") != "cpu" else "gloo")
-    device = _device(opts, local_rank)
-    outdir = Path(outdir)
-    (outdir / "samples").mkdir(parents=True, exist_ok=True)
-    if opts["batch"] % world:
-        raise UserError(f"batch ({opts['batch']}) must be divisible by the number of processes ({world})")
-    batch_gpu = opts["batch"] // world
+    world, rank, device, batch_gpu, outdir = setup_run(opts, outdir)
     labels = LabelSet.from_config(mopts["labels"])
     K = len(labels)
-    if "kept" in index.columns:
-        index = index[index["kept"]]
-    train_tiles = index[index["partition"].isin(opts["train_partitions"])].reset_index(drop=True)
+    train_tiles = training_tiles(index, opts)
     if len(train_tiles) == 0:
         raise UserError("the mask run has no training tiles with label maps (see the label_maps logs)")
     source = TileSource(train_tiles, opts["resolution"], opts["preload_max_mb"], threads=max(1, opts.get("threads", 1)))
@@ -118,22 +109,12 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
     opt_D = torch.optim.Adam(D.parameters(), lr=mopts["lr_d"], betas=betas)
     cur_nimg, step = 0, 0
     resume = outdir / "checkpoint.pt"
-    if resume.exists():
-        state = ckpt.load(resume)
-        G.load_state_dict(state["G"]); D.load_state_dict(state["D"]); G_ema.load_state_dict(state["G_ema"])
-        opt_G.load_state_dict(state["opt_G"]); opt_D.load_state_dict(state["opt_D"])
+    state = resume_from(resume, rank, sample_gen, G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D)
+    if state is not None:
         cur_nimg, step = state["cur_nimg"], state["step"]
-        ckpt.set_rng_state(state["rng"][rank])
-        sample_gen.set_state(state["sample_gen"][rank])
-        if rank == 0:
-            log.info("resumed from %s at %.1f kimg", resume, cur_nimg / 1000)
     if rank == 0:
         write_json(outdir / "training_options.json", resolved)
-
-    use_bf16 = opts["precision"] == "bf16" and device.type == "cuda"
-
-    def amp():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else torch.autocast("cpu", enabled=False)
+    amp = autocast(opts, device)
 
     # fixed grid: 8 training tiles, their maps and fixed style noise
     g_idx = torch.randperm(len(train_tiles), generator=torch.Generator().manual_seed(5))[:8]
@@ -207,13 +188,7 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
         bar.update(opts["batch"])
 
         if cur_nimg >= next_tick or cur_nimg >= total:
-            dt = time.time() - t_tick
-            stats = {"kimg": cur_nimg / 1000, "step": step, **{k: (float(np.mean(v)) if v else None) for k, v in acc.items()},
-                     "sec_per_kimg": dt / max((cur_nimg - n_tick) / 1000, 1e-9),
-                     "img_per_sec": (cur_nimg - n_tick) / max(dt, 1e-9), "time": time.time()}
-            if device.type == "cuda":
-                stats["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-            stats_log.write(stats)
+            stats_log.write(tick_stats(acc, cur_nimg, step, n_tick, t_tick, device))
             acc = {k: [] for k in acc}
             t_tick, n_tick = time.time(), cur_nimg
             next_tick += tick
@@ -232,20 +207,9 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
                          "mask_options": mopts, "labels": labels.to_config(), "z_dim": z_dim,
                          "training_set": {"n_tiles": len(train_tiles),
                                           "patients": sorted(train_tiles["patient_id"].unique().tolist())}}
-                ckpt.save(resume, state)
-                with open(outdir / "snapshots.jsonl", "a") as f:
-                    f.write(json.dumps({"snapshot_kimg": cur_nimg / 1000, "param_checksum": checksum,
-                                        "rank_checksums": sums}) + "\n")
+                save_snapshot(outdir, state, checksum, sums)
             if world > 1:
                 dist.barrier()
     bar.close()
     stats_log.close()
-    final = outdir / "network.pt"
-    if rank == 0:
-        import shutil
-
-        with atomic_path(final) as tmp:
-            shutil.copyfile(resume, tmp)
-    if world > 1:
-        dist.barrier()
-    return final
+    return finish(outdir, rank, world)
