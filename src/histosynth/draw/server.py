@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from histosynth.utils import UserError
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +45,24 @@ def decode_png_data_url(url: str) -> np.ndarray:
 
 
 class Networks:
-    """The offered networks, loaded once each (on first use) and shared by request threads."""
+    """The offered networks, each read once at start-up, shared by the request threads."""
 
     def __init__(self, paths, device="cpu"):
         from histosynth.gan.checkpoint import load
+        from histosynth.gan.training.mask_loop import mask_generator_from_checkpoint
 
         self.paths = [Path(p) for p in paths]
         self.device = device
-        self.meta, self._G, self._lock = [], {}, threading.Lock()
+        self.meta, self._G, self._lock = [], [], threading.Lock()
         for p in self.paths:
             ck = load(p)
-            if ck.get("kind") != "mask":
-                raise UserError(f"{p} is not a label-map-conditioned network; histosynth draw needs a mask run's "
-                                f"network.pt (masks.enabled, results/gan/<masks.run_name>/network.pt)")
+            self._G.append(mask_generator_from_checkpoint(p, device, ck))
             self.meta.append({"id": len(self.meta), "name": p.parent.name or p.name, "path": str(p),
                               "labels": ck["labels"], "resolution": ck["options"]["resolution"],
                               "method": ck["mask_options"]["method"], "kimg": ck["cur_nimg"] / 1000})
 
     def generator(self, i):
-        from histosynth.gan.training.mask_loop import mask_generator_from_checkpoint
-
-        with self._lock:
-            if i not in self._G:
-                self._G[i] = mask_generator_from_checkpoint(self.paths[i], self.device)
-            return self._G[i]
+        return self._G[i]
 
     def generate(self, i: int, drawn_rgb: np.ndarray, seed: int):
         from PIL import Image
@@ -142,7 +135,6 @@ def make_server(network_paths, host="127.0.0.1", port=8765, device="cpu") -> Thr
 def serve(network_paths, host="127.0.0.1", port=8765, device="cpu", open_browser=False) -> None:
     srv = make_server(network_paths, host, port, device)
     url = f"http://{host}:{srv.server_address[1]}/"
-    log.info("histosynth draw: open %s (Ctrl-C stops)", url)
     print(f"histosynth draw: open {url}  (Ctrl-C stops)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the page", host)

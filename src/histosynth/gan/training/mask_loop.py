@@ -62,12 +62,14 @@ def generator_input(G, real, seg1h, z_dim, device):
     return torch.randn(real.shape[0], z_dim, device=device), None
 
 
-def mask_generator_from_checkpoint(path, device="cpu"):
-    """(G_ema, label set, options, mask options) from a mask-run checkpoint."""
-    ck = ckpt.load(path)
+def mask_generator_from_checkpoint(path, device="cpu", ck: dict | None = None):
+    """(G_ema, label set, options, mask options) from a mask-run checkpoint (`ck`: the
+    checkpoint already loaded from `path`, so it is not read twice)."""
+    ck = ck if ck is not None else ckpt.load(path)
     if ck.get("kind") != "mask":
         raise UserError(f"{path} is not a label-map-conditioned network (it was trained with gan.conditioning "
-                        f"{ck.get('conditioning', {}).get('kind')!r}); pick a mask run's network.pt")
+                        f"{ck.get('conditioning', {}).get('kind')!r}); pick a mask run's network.pt "
+                        f"(masks.enabled, results/gan/<masks.run_name>/network.pt)")
     labels = LabelSet.from_config(ck["labels"])
     G = build_mask_generator(ck["mask_options"], len(labels), ck["options"]["resolution"], ck["z_dim"])
     G.load_state_dict(ck["G_ema"])
