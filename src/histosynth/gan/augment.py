@@ -12,7 +12,8 @@
     rotation about the luma axis, saturation (log2-normal, sd 1);
   - cutout (a square of half the size), as the corruption ADA lists.
   All geometric operations are composed into one affine map per image and resampled once
-  (bilinear, reflection padding: no black borders the discriminator could learn from; the
+  (bilinear, with ``histosynth.gan.ops.grid_sample``, which R1 can differentiate through on
+  every device; reflection padding: no black borders the discriminator could learn from; the
   NVlabs code upsamples with a wavelet filter first, which this leaves out). Colour operations
   are composed into one 4x4 matrix on homogeneous RGB, as in the NVlabs code.
 * ``none``.
@@ -27,6 +28,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from histosynth.gan.ops import grid_sample
+
 
 def _where(mask, a, b):
     return torch.where(mask.view(-1, 1, 1, 1), a, b)
@@ -122,13 +126,13 @@ def ada_augment(x: torch.Tensor, p: float, cutout: bool = True) -> torch.Tensor:
     phi = (torch.rand(n, **f32) * 2 - 1) * math.pi
     G = G @ _rot2(phi) @ _scale2(aniso, 1 / aniso) @ _rot2(-phi)
     G = G @ _trans2(gate(torch.randn(n, **f32) * 0.125 * 2, 0), gate(torch.randn(n, **f32) * 0.125 * 2, 0))
-    identity = torch.eye(3, **f32)
-    moved = (G - identity).abs().amax(dim=(1, 2)) > 1e-6
-    if moved.any():
-        grid = F.affine_grid(G[moved, :2, :].to(x.dtype), [int(moved.sum()), x.shape[1], h, w], align_corners=False)
-        warped = F.grid_sample(x[moved], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        x = x.clone()
-        x[moved] = warped
+    # Every image is warped and the unmoved ones keep their pixels (torch.where): no host sync
+    # on how many moved. The sampler is our twice-differentiable one (gan/ops.py), so R1 can be
+    # taken through the warp on CUDA, where F.grid_sample has no second derivative.
+    moved = (G - torch.eye(3, **f32)).abs().amax(dim=(1, 2)) > 1e-6
+    grid = F.affine_grid(G[:, :2, :], [n, x.shape[1], h, w], align_corners=False)
+    warped = grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+    x = torch.where(moved.view(n, 1, 1, 1), warped, x)
 
     # colour: one 4x4 matrix on homogeneous RGB (ADA's luma axis)
     if x.shape[1] == 3:
@@ -150,11 +154,10 @@ def ada_augment(x: torch.Tensor, p: float, cutout: bool = True) -> torch.Tensor:
         sat = torch.exp2(gate(torch.randn(n, **f32) * 1.0, 0))
         C = (outer + (torch.eye(4, **f32) - outer) * sat.view(n, 1, 1)) @ C
         moved = (C - torch.eye(4, **f32)).abs().amax(dim=(1, 2)) > 1e-6
-        if moved.any():
-            M = C[:, :3, :3].to(x.dtype)
-            t = C[:, :3, 3].to(x.dtype)
-            y = torch.einsum("nij,njhw->nihw", M, x) + t.view(n, 3, 1, 1)
-            x = torch.where(moved.view(n, 1, 1, 1), y, x)
+        M = C[:, :3, :3].to(x.dtype)
+        t = C[:, :3, 3].to(x.dtype)
+        y = torch.einsum("nij,njhw->nihw", M, x) + t.view(n, 3, 1, 1)
+        x = torch.where(moved.view(n, 1, 1, 1), y, x)
 
     if cutout:
         m = torch.rand(n, device=dev) < p
@@ -183,9 +186,11 @@ def _rot_axis(axis, theta):
 class AdaptiveAugment:
     """ADA's probability controller."""
 
-    def __init__(self, mode: str, target: float = 0.6, speed_kimg: float = 100.0, interval: int = 4, p: float = 0.0):
+    def __init__(self, mode: str, target: float = 0.6, speed_kimg: float = 100.0, interval: int = 4, p: float = 0.0,
+                 fixed_p: float | None = None):
         self.mode, self.target, self.speed_kimg, self.interval = mode, target, speed_kimg, interval
-        self.p = 1.0 if mode == "diffaugment" else float(p)
+        self.fixed = fixed_p is not None and mode == "ada"
+        self.p = 1.0 if mode == "diffaugment" else float(fixed_p if self.fixed else p)
         self._signs = []
 
     def __call__(self, x):
@@ -206,6 +211,8 @@ class AdaptiveAugment:
             rt = reduce(rt)
         rt = float(rt)
         self._signs = []
+        if self.fixed:  # gan.ada_p: r_t is still measured and logged, p stays put
+            return rt
         adjust = (1 if rt > self.target else -1) * batch_size * self.interval / (self.speed_kimg * 1000)
         self.p = min(max(self.p + adjust, 0.0), 1.0)
         return rt

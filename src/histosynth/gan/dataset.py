@@ -16,7 +16,12 @@ from histosynth.utils import UserError
 
 
 class TileSource:
-    def __init__(self, index: pd.DataFrame, resolution: int, preload_max_mb: float = 4096, threads: int = 2):
+    """Training tiles by row number. Tiles that fit in ``preload_max_mb`` are held in memory, on
+    the training device itself when that is a GPU (batches are then gathered there, with no
+    host-to-device copy per step); larger sets are read from the stores by worker threads."""
+
+    def __init__(self, index: pd.DataFrame, resolution: int, preload_max_mb: float = 4096, threads: int = 2,
+                 device="cpu"):
         self.index = index.reset_index(drop=True)
         if len(self.index) == 0:
             raise UserError("the GAN has no training tiles: no kept tiles of training patients (see the tiling QC)")
@@ -27,7 +32,7 @@ class TileSource:
         nbytes = len(self.index) * px * px * 3
         self.preloaded = None
         if nbytes <= preload_max_mb * 2**20:
-            self.preloaded = torch.from_numpy(load_tiles(self.index)).permute(0, 3, 1, 2).contiguous()
+            self.preloaded = torch.from_numpy(load_tiles(self.index)).permute(0, 3, 1, 2).contiguous().to(device)
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max(1, threads)) if self.preloaded is None else None
 
@@ -45,7 +50,7 @@ class TileSource:
     def get(self, idx) -> torch.Tensor:
         """uint8 (B, 3, H, W) tiles for the given row numbers."""
         if self.preloaded is not None:
-            return self.preloaded[torch.as_tensor(idx)]
+            return self.preloaded[torch.as_tensor(idx).to(self.preloaded.device)]
         tiles = list(self._pool.map(self._read, list(idx)))
         return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
 
@@ -55,9 +60,17 @@ def to_float(x_uint8: torch.Tensor, device) -> torch.Tensor:
 
 
 def random_dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random flip / 90° rotation per image (histology has no orientation)."""
+    """Random flip / 90° rotation per image (histology has no orientation). The draws come from
+    `gen` (a CPU generator the trainer checkpoints); square batches are transformed on their
+    own device with no per-image loop and no host sync."""
     k = torch.randint(0, 4, (x.shape[0],), generator=gen)
     f = torch.randint(0, 2, (x.shape[0],), generator=gen).bool()
+    if x.shape[2] == x.shape[3]:
+        k, f = k.to(x.device).view(-1, 1, 1, 1), f.to(x.device).view(-1, 1, 1, 1)
+        out = x
+        for r in (1, 2, 3):
+            out = torch.where(k == r, x.rot90(r, dims=(2, 3)), out)
+        return torch.where(f, out.flip(3), out)
     out = torch.empty_like(x)
     for i in range(x.shape[0]):
         t = x[i].rot90(int(k[i]), dims=(1, 2))

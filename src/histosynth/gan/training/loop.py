@@ -117,13 +117,30 @@ def ema_update(G_ema, G, cur_nimg: int, opts: dict) -> None:
         be.copy_(b)
 
 
+def fused_adam(device) -> dict:
+    """Adam's fused CUDA kernel (one launch for all parameters) where there is a GPU."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
+def mean_over_ranks(device, world):
+    """A function averaging a 0-d tensor over all processes (None with one process)."""
+    if world == 1:
+        return None
+
+    def reduce(t):
+        t = t.detach().to(device, torch.float32).clone()
+        dist.all_reduce(t)
+        return t / world
+    return reduce
+
+
 def setup_run(opts: dict, outdir):
     """(world size, rank, device, per-process batch, run folder): joins the process group
     under torchrun and checks the batch divides over the processes."""
     world, rank, local_rank = _dist_info()
+    device = _device(opts, local_rank)  # before NCCL starts, so each rank's communicator binds its own GPU
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and opts.get("device", "auto") != "cpu" else "gloo")
-    device = _device(opts, local_rank)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     outdir = Path(outdir)
     (outdir / "samples").mkdir(parents=True, exist_ok=True)
     if opts["batch"] % world:
@@ -138,10 +155,18 @@ def training_tiles(tiles: pd.DataFrame, opts: dict) -> pd.DataFrame:
     return tiles[tiles["partition"].isin(opts["train_partitions"])].reset_index(drop=True)
 
 
+def _mean(values) -> float | None:
+    """Mean of floats or 0-d tensors. The loops keep each step's losses as device tensors and
+    read them here, once per tick, so no step waits for the GPU to report a number."""
+    if not values:
+        return None
+    return float(np.mean([float(v) for v in values]))
+
+
 def tick_stats(acc: dict, cur_nimg: int, step: int, n_tick: int, t_tick: float, device, **extra) -> dict:
     """One stats.jsonl line: the mean of each accumulated loss since the last tick, and speed."""
     dt = time.time() - t_tick
-    stats = {"kimg": cur_nimg / 1000, "step": step, **{k: (float(np.mean(v)) if v else None) for k, v in acc.items()},
+    stats = {"kimg": cur_nimg / 1000, "step": step, **{k: _mean(v) for k, v in acc.items()},
              **extra, "sec_per_kimg": dt / max((cur_nimg - n_tick) / 1000, 1e-9),
              "img_per_sec": (cur_nimg - n_tick) / max(dt, 1e-9), "time": time.time()}
     if device.type == "cuda":
@@ -241,7 +266,8 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
     c_all = torch.from_numpy(spec.encode(train_tiles))
     noise = spec.extra.get("noise", 0.0) if spec.kind == "expression" else 0.0
     sd_all = torch.from_numpy(spec.sd(train_tiles)) if noise else None
-    source = TileSource(train_tiles, opts["resolution"], opts["preload_max_mb"], threads=max(1, opts.get("threads", 1)))
+    source = TileSource(train_tiles, opts["resolution"], opts["preload_max_mb"], threads=max(1, opts.get("threads", 1)),
+                        device=device)
     balance = spec.columns[0] if spec.kind == "class" else "label" if spec.kind == "expression" else None
     weights = sampling_weights(train_tiles, balance if opts["balance_classes"] and balance in train_tiles.columns else None)
 
@@ -262,11 +288,12 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
 
     def adam(params, lr, interval):
         ratio = interval / (interval + 1) if interval else 1
-        return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8)
+        return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8,
+                                **fused_adam(device))
 
     opt_G = adam(G.parameters(), opts["lr_g"], opts["pl_interval"] if opts["pl_weight"] > 0 else 0)
     opt_D = adam(D.parameters(), opts["lr_d"], opts["r1_interval"])
-    aug = AdaptiveAugment(opts["augment"], opts["ada_target"], opts["ada_kimg"])
+    aug = AdaptiveAugment(opts["augment"], opts["ada_target"], opts["ada_kimg"], fixed_p=opts.get("ada_p"))
     pl_mean = torch.zeros([], device=device)
     cur_nimg, step = 0, 0
 
@@ -283,7 +310,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
     if opts.get("compile") and device.type == "cuda":
         G_fwd, D_fwd = torch.compile(G), torch.compile(D)
 
-    reduce = (lambda t: (dist.all_reduce(t.to(device)), t.to(device) / world)[1]) if world > 1 else None
+    reduce = mean_over_ranks(device, world)
     conds = spec.conditions()
     grid_z = torch.randn(len(conds) * opts["grid_per_class"], opts["z_dim"], generator=torch.Generator().manual_seed(123))
     grid_c = torch.from_numpy(spec.encode(pd.DataFrame([c for c in conds for _ in range(opts["grid_per_class"])]))) \
@@ -309,7 +336,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
     stats_log = StatsLog(outdir, opts.get("tensorboard", True), rank)
     while cur_nimg < total:
         idx = torch.multinomial(weights, batch_gpu, replacement=True, generator=sample_gen)
-        real = to_float(random_dihedral(source.get(idx), sample_gen), device)
+        real = to_float(random_dihedral(source.get(idx).to(device, non_blocking=True), sample_gen), device)
         c_real = c_all[idx]
         z = torch.randn(batch_gpu, opts["z_dim"], device=device)
         fidx = torch.randint(0, len(c_all), (batch_gpu,), generator=sample_gen)
@@ -330,7 +357,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
             pl_bs = max(1, batch_gpu // 2)
             pen, pl_mean = path_length_penalty(G, z[:pl_bs], c_fake[:pl_bs], pl_mean)
             (pen * opts["pl_weight"] * opts["pl_interval"]).backward()
-            acc["pl"].append(float(pen.detach()))
+            acc["pl"].append(pen.detach())
         _allreduce_grads(G, world)
         opt_G.step()
 
@@ -343,7 +370,7 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
         if step % opts["r1_interval"] == 0 and opts["r1_gamma"] > 0:
             r1 = r1_penalty(D, real, c_real, aug)
             (r1 * (opts["r1_gamma"] / 2) * opts["r1_interval"]).backward()
-            acc["r1"].append(float(r1.detach()))
+            acc["r1"].append(r1.detach())
         _allreduce_grads(D, world)
         opt_D.step()
         rt = aug.observe(d_real, opts["batch"], reduce)
@@ -351,7 +378,8 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
             acc["rt"].append(rt)
 
         ema_update(G_ema, G, cur_nimg, opts)
-        acc["loss_G"].append(float(loss_G.detach())); acc["loss_D"].append(float(loss_D.detach()))
+        acc["loss_G"].append(loss_G.detach())
+        acc["loss_D"].append(loss_D.detach())
         cur_nimg += opts["batch"]
         step += 1
         bar.update(opts["batch"])

@@ -28,9 +28,8 @@ from histosynth.gan import checkpoint as ckpt
 from histosynth.gan.dataset import TileSource, sampling_weights, to_float
 from histosynth.gan.mask_networks import build_mask_discriminator, build_mask_generator, one_hot
 from histosynth.gan.training.loop import (StatsLog, _allreduce_grads, _grid, autocast, ema_update, finish,
-                                          gather_snapshot_state, resume_from, save_png, save_snapshot, setup_run,
-                                          tick_stats,
-                                          to_uint8, training_tiles)
+                                          fused_adam, gather_snapshot_state, resume_from, save_png, save_snapshot,
+                                          setup_run, tick_stats, to_uint8, training_tiles)
 from histosynth.masks.build import load_maps
 from histosynth.masks.labels import LabelSet
 from histosynth.utils import UserError, write_json
@@ -107,8 +106,8 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
             dist.broadcast(p.data, 0)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     betas = (mopts["beta1"], mopts["beta2"])
-    opt_G = torch.optim.Adam(G.parameters(), lr=mopts["lr_g"], betas=betas)
-    opt_D = torch.optim.Adam(D.parameters(), lr=mopts["lr_d"], betas=betas)
+    opt_G = torch.optim.Adam(G.parameters(), lr=mopts["lr_g"], betas=betas, **fused_adam(device))
+    opt_D = torch.optim.Adam(D.parameters(), lr=mopts["lr_d"], betas=betas, **fused_adam(device))
     cur_nimg, step = 0, 0
     resume = outdir / "checkpoint.pt"
     state = resume_from(resume, rank, sample_gen, G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D)
@@ -180,11 +179,12 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
         opt_D.step()
 
         ema_update(G_ema, G, cur_nimg, opts)
-        acc["loss_G"].append(float(loss_G.detach())); acc["loss_D"].append(float(loss_D.detach()))
+        acc["loss_G"].append(loss_G.detach())  # device tensors, read once per tick (no sync per step)
+        acc["loss_D"].append(loss_D.detach())
         for k, v in parts.items():
-            acc[k].append(float(v.detach()))
-        acc["d_real"].append(float(np.mean([float(r.detach().mean()) for r in lr])))
-        acc["d_fake"].append(float(np.mean([float(f.detach().mean()) for f in lf])))
+            acc[k].append(v.detach())
+        acc["d_real"].append(torch.stack([r.detach().mean() for r in lr]).mean())
+        acc["d_fake"].append(torch.stack([f.detach().mean() for f in lf]).mean())
         cur_nimg += opts["batch"]
         step += 1
         bar.update(opts["batch"])
