@@ -5,8 +5,13 @@ reports images/s and kimg/h from stats.jsonl (median over ticks after the first,
 warm-up and compilation). Settings run one after another in the same process, and each is
 reported as a ratio to the first (the baseline), because these machines are noisy.
 
-  python benchmarks/gan_train.py                       # auto: GPU if present (256 px, bf16 vs fp32), else CPU tiny
-  python benchmarks/gan_train.py --preset paper256 --precisions bf16 fp32 --kimg 4
+A setting is precision + options joined by '+': `fp32` or `bf16`, then any of `compile`
+(torch.compile of G and D), `ada` (stylegan2-ada's pipeline held at p = --ada-p, so the
+geometric warp and R1 through it run at every R1 step) or `diffaug`; no augmentation otherwise.
+
+  python benchmarks/gan_train.py          # GPU: paper256, bf16 | bf16+ada | bf16+compile | bf16+compile+ada
+                                          # CPU: demo64, fp32 | fp32+ada
+  python benchmarks/gan_train.py --preset paper256 --settings bf16 bf16+compile+ada --ada-p 0.5 --kimg 4
 """
 from __future__ import annotations
 
@@ -59,34 +64,43 @@ def make_tiles(tmp: Path, n: int, px: int) -> pd.DataFrame:
     return df
 
 
+def parse_setting(name: str, ada_p: float) -> dict:
+    parts = name.split("+")
+    if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"compile", "ada", "diffaug"}:
+        raise SystemExit(f"unknown setting {name!r}: fp32|bf16 followed by +compile, +ada, +diffaug")
+    augment = "ada" if "ada" in parts else "diffaugment" if "diffaug" in parts else "none"
+    return dict(precision=parts[0], compile="compile" in parts, augment=augment,
+                ada_p=ada_p if augment == "ada" else None)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None)
-    ap.add_argument("--precisions", nargs="+", default=None)
-    ap.add_argument("--compile", action="store_true", help="also measure torch.compile (GPU)")
+    ap.add_argument("--settings", nargs="+", default=None, help="e.g. bf16 bf16+ada bf16+compile+ada (first = baseline)")
+    ap.add_argument("--ada-p", type=float, default=0.5, help="ADA probability held fixed in 'ada' settings")
     ap.add_argument("--kimg", type=float, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--json", help="write the results here as JSON")
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     preset = a.preset or ("paper256" if cuda else "demo64")
-    precisions = a.precisions or (["fp32", "bf16"] if cuda else ["fp32"])
+    names = a.settings or (["bf16", "bf16+ada", "bf16+compile", "bf16+compile+ada"] if cuda else ["fp32", "fp32+ada"])
     kimg = a.kimg or (4.0 if cuda else 0.4)
     p = dict(PRESETS[preset])
     if a.batch:
         p["batch"] = a.batch
-    settings = [(prec, False) for prec in precisions] + ([("bf16", True)] if a.compile and cuda else [])
+    settings = [parse_setting(n, a.ada_p) for n in names]
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device}; preset {preset}: {p}; {kimg} kimg per setting")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tiles = make_tiles(tmp, 512, p["resolution"])
-        for prec, comp in settings:
+        for name, st in zip(names, settings):
             opts = schema_defaults()
-            opts.update(p, kimg=kimg, tick_kimg=kimg / 8, snap_kimg=kimg, precision=prec, compile=comp,
-                        device="cuda" if cuda else "cpu", grid_per_class=2, augment="ada", threads=4)
-            out = tmp / f"run-{prec}-{comp}"
+            opts.update(p, kimg=kimg, tick_kimg=kimg / 8, snap_kimg=kimg, device="cuda" if cuda else "cpu",
+                        grid_per_class=2, threads=4, tensorboard=False, **st)
+            out = tmp / f"run-{name.replace('+', '-')}"
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.time()
@@ -95,12 +109,12 @@ def main():
             ticks = [json.loads(x) for x in open(out / "stats.jsonl")][1:]
             ips = statistics.median(t["img_per_sec"] for t in ticks)
             mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-            results.append(dict(precision=prec, compile=comp, img_per_sec=ips, kimg_per_hour=ips * 3.6, wall_s=wall,
+            results.append(dict(setting=name, **st, img_per_sec=ips, kimg_per_hour=ips * 3.6, wall_s=wall,
                                 peak_gpu_mem_gib=mem))
     base = results[0]["img_per_sec"]
     print(f"{'setting':<18}{'img/s':>10}{'kimg/h':>10}{'ratio':>8}{'GPU GiB':>9}")
     for r in results:
-        name = r["precision"] + (" +compile" if r["compile"] else "")
+        name = r["setting"]
         mem = f"{r['peak_gpu_mem_gib']:.1f}" if r["peak_gpu_mem_gib"] is not None else "-"
         print(f"{name:<18}{r['img_per_sec']:>10.1f}{r['kimg_per_hour']:>10.1f}{r['img_per_sec'] / base:>8.2f}{mem:>9}")
     if a.json:

@@ -14,6 +14,7 @@ rule classify:
     threads: 2
     resources:
         mem_mb=12000,
+        gpu=GPU_ONE,
     params:
         opts=opts("classify"),
     conda:

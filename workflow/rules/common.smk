@@ -13,6 +13,9 @@ from histosynth.config import validate as _hs_validate
 _hs_validate(config, "config")
 
 GAN = config["gan"]["name"]
+# One GPU for the rules that run networks outside training (reference classifier, generation,
+# evaluation, the study) when the GAN is given GPUs: they use CUDA whenever it is visible.
+GPU_ONE = min(1, int(config["gan"]["gpus"]))
 
 
 def _gan_runs():

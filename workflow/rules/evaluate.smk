@@ -8,6 +8,7 @@ rule train_reference:
     threads: 2
     resources:
         mem_mb=8000,
+        gpu=GPU_ONE,
     params:
         opts=opts("classify"),
     conda:
@@ -50,6 +51,7 @@ rule evaluate:
     threads: 2
     resources:
         mem_mb=8000,
+        gpu=GPU_ONE,
     params:
         opts=opts("evaluate"),
         partitions=lambda wc: " ".join(RUNS[wc.run]["train_partitions"]),

@@ -125,6 +125,7 @@ rule evaluate_profiles:
     threads: 2
     resources:
         mem_mb=8000,
+        gpu=GPU_ONE,
     params:
         opts=opts("evaluate"),
     conda:

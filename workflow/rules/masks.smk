@@ -156,6 +156,7 @@ rule evaluate_layout:
     threads: 2
     resources:
         mem_mb=8000,
+        gpu=GPU_ONE,
     params:
         opts=opts("evaluate"),
         masks=opts("masks"),

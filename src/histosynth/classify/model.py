@@ -4,6 +4,8 @@ colour jitter). The same code serves the augmentation study and the reference cl
 behind the domain feature extractor and concordance."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -43,19 +45,31 @@ def penultimate(model: nn.Module) -> nn.Module:
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Dihedral + brightness/contrast jitter; draws from the CPU generator `gen`, applied on x's device."""
     n = x.shape[0]
     k = int(torch.randint(0, 4, (1,), generator=gen))
     x = x.rot90(k, dims=(2, 3))
-    flip = torch.rand(n, generator=gen) < 0.5
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-    b = (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.2
-    cst = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.2
+    b = ((torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.2).to(x.device)
+    cst = (1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.2).to(x.device)
     mean = x.mean(dim=[1, 2, 3], keepdim=True)
     return (x - mean) * cst + mean + b
 
 
 def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
     return x_uint8.float() / 127.5 - 1
+
+
+def _autocast(device):
+    """bf16 autocast for training on a GPU (tensor cores); fp32 on the CPU. Prediction and
+    features stay fp32 everywhere: FID and AUC must not depend on the device's precision."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+DEVICE_TILES_MAX_BYTES = 8 * 2**30  # training tiles held on the GPU up to this size, else sent per batch
 
 
 def train(tiles_uint8: np.ndarray, labels: np.ndarray, num_classes: int, opts: dict, seed: int, device="cpu",
@@ -70,14 +84,19 @@ def train(tiles_uint8: np.ndarray, labels: np.ndarray, num_classes: int, opts: d
     opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts["lr"], total_steps=opts["steps"])
     x_all = torch.from_numpy(tiles_uint8).permute(0, 3, 1, 2)
-    y_all = torch.from_numpy(labels.astype(np.int64))
+    if torch.device(device).type == "cuda" and x_all.numel() <= DEVICE_TILES_MAX_BYTES:
+        x_all = x_all.to(device)  # batches gathered and augmented on the GPU: no loader to starve it
+    y_all = torch.from_numpy(labels.astype(np.int64)).to(x_all.device)
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     w = torch.as_tensor(1.0 / np.maximum(counts[labels], 1))
     model.train()
     for _ in tqdm(range(opts["steps"]), desc="classifier", disable=not progress):
         idx = torch.multinomial(w, opts["batch"], replacement=True, generator=gen)
-        x = _augment(normalise(x_all[idx]), gen).to(device)
-        loss = F.cross_entropy(model(x), y_all[idx].to(device))
+        idx = idx.to(x_all.device)
+        x = _augment(normalise(x_all[idx].to(device, non_blocking=True)), gen)
+        with _autocast(device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y_all[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -90,8 +109,8 @@ def predict(model: nn.Module, tiles_uint8: np.ndarray, device="cpu", batch=256) 
     model.eval()
     out = []
     for i in range(0, len(tiles_uint8), batch):
-        x = normalise(torch.from_numpy(tiles_uint8[i:i + batch]).permute(0, 3, 1, 2)).to(device)
-        out.append(torch.softmax(model(x), 1).cpu())
+        x = normalise(torch.from_numpy(tiles_uint8[i:i + batch]).permute(0, 3, 1, 2).to(device))
+        out.append(torch.softmax(model(x), 1).cpu())  # fp32: predictions and features feed the metrics
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
 
 
@@ -100,6 +119,6 @@ def features(model: nn.Module, tiles_uint8: np.ndarray, device="cpu", batch=256)
     feat = penultimate(model).to(device).eval()
     out = []
     for i in range(0, len(tiles_uint8), batch):
-        x = normalise(torch.from_numpy(tiles_uint8[i:i + batch]).permute(0, 3, 1, 2)).to(device)
+        x = normalise(torch.from_numpy(tiles_uint8[i:i + batch]).permute(0, 3, 1, 2).to(device))
         out.append(feat(x).flatten(1).double().cpu())
     return torch.cat(out).numpy()
