@@ -42,7 +42,7 @@ def main():
     print("| --- | --- | --- |")
     print(f"| DiffAugment (colour, translation, cutout; p = 1) | {base * 1e3:.2f} | 1.00 |")
     for p in (0.1, 0.5, 1.0):
-        t = timed(lambda b: ada_augment(b, p), x, a.reps)
+        t = timed(lambda b, p=p: ada_augment(b, p), x, a.reps)
         print(f"| ADA bgc + cutout, p = {p} | {t * 1e3:.2f} | {t / base:.2f} |")
 
 

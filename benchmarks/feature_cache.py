@@ -46,7 +46,7 @@ def main():
         for s in range(a.stores):
             store = d / f"s{s}.tiff"
             with TileStoreWriter(store) as w:
-                for i in range(a.tiles):
+                for _ in range(a.tiles):
                     rows.append({"store": str(store), "page": w.append(rng.integers(0, 255, (a.px, a.px, 3), np.uint8))})
         index = pd.DataFrame(rows)
         ref = d / "reference.pt"

@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from toydata import toy_mask_index  # noqa: E402
+
 from histosynth.config import validate  # noqa: E402
 from histosynth.gan.training.mask_loop import train_mask  # noqa: E402
 from histosynth.masks.labels import AUTO_LABELS  # noqa: E402
-from toydata import toy_mask_index  # noqa: E402
 
 
 def main():

@@ -98,7 +98,9 @@ class FaultServer:
                 h.send_header("Content-MD5", base64.b64encode(hashlib.md5(data).digest()).decode())
         body = data[start:]
         if fault == "corrupt":
-            body = bytearray(body); body[len(body) // 2] ^= 0xFF; body = bytes(body)
+            body = bytearray(body)
+            body[len(body) // 2] ^= 0xFF
+            body = bytes(body)
         h.send_header("Content-Length", str(len(body) + (100 if fault == "shortlen" else 0)))
         h.send_header("Accept-Ranges", "bytes")
         disp = self.disposition_for(name)
@@ -106,7 +108,8 @@ class FaultServer:
             h.send_header("Content-Disposition", f'attachment; filename="{disp}"')
         h.end_headers()
         if fault in ("drop", "shortlen"):
-            h.wfile.write(body[: len(body) // 3]); h.wfile.flush()
+            h.wfile.write(body[: len(body) // 3])
+            h.wfile.flush()
             h.close_connection = True
             return
         h.wfile.write(body)

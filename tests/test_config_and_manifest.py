@@ -47,3 +47,23 @@ def test_config_readme_is_generated_from_schema():
 
     doc = (Path(__file__).resolve().parents[1] / "config" / "README.md").read_text()
     assert doc.strip() == schema_markdown().strip(), "regenerate: histosynth config-doc > config/README.md"
+
+
+def test_config_overrides_from_snakemake_are_read_as_the_schemas_types():
+    """`snakemake --config 'gan={kimg: 20}'` passes nested values as text; they validate as
+    the schema's types, and what cannot be read is one clear error naming the key."""
+    import pytest
+
+    from histosynth.config import validate
+    from histosynth.utils import UserError
+
+    c = validate({"gan": {"kimg": "20", "batch": "16", "compile": "false", "ada_p": "null", "lr_g": "1e-3",
+                          "train_partitions": ["train", "val"]},
+                  "expression": {"gan": {"kimg": "3"}}, "classify": {"seeds": ["0", "1"]}})
+    assert c["gan"]["kimg"] == 20 and c["gan"]["batch"] == 16 and c["gan"]["compile"] is False
+    assert c["gan"]["ada_p"] is None and c["gan"]["lr_g"] == 0.001 and c["classify"]["seeds"] == [0, 1]
+    assert c["expression"]["gan"] == {"kimg": 3.0} and c["gan"]["precision"] == "bf16"
+    with pytest.raises(UserError, match=r"'gan.batch': '3.5' is not an integer"):
+        validate({"gan": {"batch": "3.5"}})
+    with pytest.raises(UserError, match=r"nested form.*--config 'gan=\{kimg: 20\}'"):
+        validate({"gan.kimg": 20})

@@ -2,9 +2,9 @@ import hashlib
 import os
 
 import pytest
+from httpfaults import FaultServer
 
 from histosynth.acquire.download import DownloadError, content_disposition_filename, fetch, safe_filename
-from httpfaults import FaultServer
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)
 MD5 = hashlib.md5(DATA).hexdigest()

@@ -20,9 +20,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
-    from histosynth.gan.training.mask_loop import train_mask
     from test_masks import mask_opts
     from toydata import toy_mask_index
+
+    from histosynth.gan.training.mask_loop import train_mask
 
     tmp = tmp_path_factory.mktemp("draw")
     idx, _, _ = toy_mask_index(tmp, 64, 32)
@@ -54,8 +55,10 @@ def test_api_rejects_bad_input_and_is_deterministic(server):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req)
     assert e.value.code == 400 and "PNG data URL" in json.loads(e.value.read())["error"]
-    m = np.full((64, 64, 3), 255, np.uint8); m[10:40, 10:40] = (31, 58, 147)
-    buf = io.BytesIO(); Image.fromarray(m).save(buf, format="PNG")
+    m = np.full((64, 64, 3), 255, np.uint8)
+    m[10:40, 10:40] = (31, 58, 147)
+    buf = io.BytesIO()
+    Image.fromarray(m).save(buf, format="PNG")
     body = json.dumps({"network": 0, "seed": 3, "map": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()})
     outs = [json.loads(urllib.request.urlopen(urllib.request.Request(server + "/api/generate", data=body.encode(),
                                                                      headers={"Content-Type": "application/json"})).read())
@@ -93,7 +96,9 @@ def test_page_round_trips_a_drawn_map_in_headless_chromium(server, network, tmp_
         canvas = driver.find_element(By.ID, "canvas")           # ...then a nuclei stroke across the upper half
         ActionChains(driver).move_to_element_with_offset(canvas, -120, -100).click_and_hold() \
             .move_by_offset(120, 0).move_by_offset(120, 0).release().perform()
-        seed = driver.find_element(By.ID, "seed"); seed.clear(); seed.send_keys("7")
+        seed = driver.find_element(By.ID, "seed")
+        seed.clear()
+        seed.send_keys("7")
         driver.find_element(By.ID, "generate").click()
         wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
         assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", \

@@ -92,7 +92,9 @@ def _cohort(n_per_class=10, n_genes=60, seed=0, factors=3, class_effect=2.0):
     """Patients with low-rank profiles: a class program plus `factors` continuous programs."""
     rng = np.random.default_rng(seed)
     load = rng.normal(0, 1, (factors, n_genes))
-    cls = np.zeros(n_genes); cls[:10] = class_effect; cls[10:20] = -class_effect
+    cls = np.zeros(n_genes)
+    cls[:10] = class_effect
+    cls[10:20] = -class_effect
     rows, meta = {}, []
     for label, sign in (("tumor", 1), ("normal", -1)):
         for i in range(n_per_class):
@@ -172,12 +174,12 @@ def test_expression_conditioned_gan_makes_class_appropriate_tiles_from_profiles(
     on the VAE embedding makes tiles of the right class from each class's profiles, including
     profiles of patients it never saw."""
     from sklearn.linear_model import LogisticRegression
+    from test_gan import tiny_opts
+    from toydata import toy_index
 
     from histosynth.gan.checkpoint import generator_from_checkpoint
     from histosynth.gan.training.loop import train
     from histosynth.generate.sample import expression_sets
-    from test_gan import tiny_opts
-    from toydata import toy_index
 
     index, tiles, labels = toy_index(tmp_path, 128)
     # 8 patients per class in the toy index; give them TCGA-style ids and profiles

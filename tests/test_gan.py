@@ -2,12 +2,12 @@ import json
 
 import pytest
 import torch
+from toydata import toy_index
 
 from histosynth.config import validate
 from histosynth.gan.checkpoint import generator_from_checkpoint, load
 from histosynth.gan.networks import Discriminator, Generator
 from histosynth.gan.training.loop import train
-from toydata import toy_index
 
 
 def tiny_opts(**kw):

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from toydata import toy_index
 
 from histosynth.evaluate.cache import cached_features
 from histosynth.evaluate.run import check_field_of_view
 from histosynth.generate.sample import field_of_view, latent_interpolation, slerp
 from histosynth.slides.store import TileStoreWriter
 from histosynth.utils import UserError
-from toydata import toy_index
 
 
 def test_features_are_cached_per_store_and_invalidated_when_it_changes(tmp_path):
@@ -70,8 +70,9 @@ def test_slerp_endpoints_and_norm():
 
 
 def test_latent_interpolation_grid_and_gif(tmp_path):
-    from histosynth.gan.training.loop import train
     from test_gan import tiny_opts
+
+    from histosynth.gan.training.loop import train
 
     index, _, _ = toy_index(tmp_path, 16)
     net = train(index, tmp_path / "run", tiny_opts(kimg=0.05, snap_kimg=0.05), progress=False)

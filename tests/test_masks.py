@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from toydata import toy_mask_index
 
 from histosynth.config import validate
 from histosynth.evaluate.layout import confusion, iou, layout_fidelity, miou
@@ -18,7 +19,6 @@ from histosynth.masks.geojson import rasterise, read_annotations, tile_maps
 from histosynth.masks.labels import AUTO_LABELS, LabelSet
 from histosynth.slides.store import TileStoreWriter, read_index
 from histosynth.utils import UserError
-from toydata import toy_mask_index
 
 LABELS = LabelSet.from_config([{"name": "background", "color": "#ffffff"}, {"name": "gland", "color": "#d62728"},
                                {"name": "nucleus", "color": "#1f3a93"}])
@@ -122,7 +122,8 @@ def test_pannuke_import(tmp_path):
         masks[1, 10:12, 10:14, 1] = 3  # inflammatory
         masks[2, 0:4, 0:4, 4] = 1      # epithelial
         masks[..., 5] = (masks[..., :5].sum(-1) == 0)
-        np.save(d / "images.npy", images); np.save(d / "masks.npy", masks)
+        np.save(d / "images.npy", images)
+        np.save(d / "masks.npy", masks)
         np.save(d / "types.npy", np.array(["Breast", "Colon", "Breast"]))
         folds[f] = {"path": str(tmp_path / f), "partition": part}
     idx = import_pannuke(folds, tmp_path / "out", progress=False)

@@ -121,9 +121,10 @@ def test_ada_output_unchanged_by_the_new_sampler():
 def test_training_with_ada_never_calls_native_grid_sample(tmp_path, monkeypatch):
     """The StyleGAN2 loop with ADA held at p=0.5 and R1 at every step: F.grid_sample is never
     called (it is patched to fail), R1 is taken through the warp, and p stays at 0.5."""
+    from toydata import toy_index
+
     from histosynth.config import validate
     from histosynth.gan.training.loop import train
-    from toydata import toy_index
 
     def forbidden(*a, **k):
         raise AssertionError("the training path reached F.grid_sample")

@@ -43,6 +43,12 @@ def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("e2e")
     (d / "config").mkdir()
     (d / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
+    # a stage target first: up to tiling (QC thumbnails included) and nothing after it
+    r = run(["tiles"], d)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-6000:])
+    assert len(list((d / "results/tiles").glob("*.parquet"))) == 8
+    assert len(list((d / "results/tiles/qc").glob("*.png"))) == 8
+    assert not (d / "results/split").exists() and not (d / "results/gan").exists()
     r = run([], d)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-6000:])
     return d
@@ -61,7 +67,7 @@ def test_summary_has_every_design_key_with_measured_values(workdir):
     c = s["concordance"]["stylegan2-class"]
     assert 0 <= c["weak"] <= 1 and 0 <= c["strong"] <= 1
     assert set(s["classifier"]) == {"real", "synthetic", "mixed_x1"}
-    for arm, v in s["classifier"].items():
+    for v in s["classifier"].values():
         assert 0 <= v["auc"] <= 1 and v["auc_ci95"][0] <= v["auc"] <= v["auc_ci95"][1] and v["n_seeds"] == 2
         assert "accuracy" in v and "f1" in v
     assert s["classifier"]["real"]["n_train_synthetic"] == 0 and s["classifier"]["synthetic"]["n_train_real"] == 0
@@ -148,6 +154,14 @@ def test_outputs_use_one_store_format(workdir):
 def test_dry_run_lists_the_dag_and_single_rule_rerun(workdir):
     r = run(["-n", "-R", "evaluate"], workdir)
     assert r.returncode == 0 and "evaluate" in r.stdout
+    r = run(["--list-target-rules"], workdir)
+    assert {"all", "downloads", "tiles", "splits", "networks", "generated", "evaluated", "study"} <= set(r.stdout.split())
+    # the README's override syntax: nested values arrive as text and are read as the schema's types
+    r = run(["-n", "networks", "--config", "gan={kimg: 0.6, batch: 8, compile: false}"], workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "train_gan" in r.stdout  # a longer run: training goes on from its checkpoint
+    r = run(["-n", "--config", "gan={batch: eight}"], workdir)
+    assert r.returncode != 0 and "'gan.batch': 'eight' is not an integer" in r.stdout + r.stderr
     r = run(["-R", "evaluate"], workdir)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((workdir / "results/evaluate/stylegan2-class/metrics.json").read_text())["metrics"]["domain"]

@@ -36,10 +36,89 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
+# Free-form objects whose keys are another section's (a run's gan keys that differ).
+_OVERRIDE_SECTIONS = {("masks", "gan"): "gan", ("expression", "gan"): "gan"}
+_NULL_WORDS = {"null", "none", "~", ""}
+
+
+def _types(spec) -> list:
+    if "enum" in spec and "type" not in spec:
+        return sorted({type(v).__name__ for v in spec["enum"]})
+    t = spec.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def _coerce_value(value, spec, key: str):
+    """A value from `snakemake --config` (nested values arrive as text) in the schema's type."""
+    types = _types(spec)
+    if isinstance(value, list) and "array" in types:
+        return [_coerce_value(v, spec.get("items", {}), f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or not types or "string" in types or "str" in types:
+        return value
+    text = value.strip()
+    if "null" in types and text.lower() in _NULL_WORDS:
+        return None
+    if "boolean" in types and text.lower() in ("true", "false", "yes", "no"):
+        return text.lower() in ("true", "yes")
+    if "integer" in types or "int" in types:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    if "number" in types or "float" in types:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    if "array" in types and text.startswith("["):
+        parsed = yaml.safe_load(text)
+        return _coerce_value(parsed, spec, key)
+    words = {"array": "a list", "integer": "an integer", "int": "an integer", "number": "a number",
+             "float": "a number", "boolean": "true or false", "null": "null", "object": "a mapping"}
+    want = " or ".join(words.get(t, t) for t in types)
+    raise UserError(f"config key '{key}': {value!r} is not {want}. (Values given with snakemake --config arrive as "
+                    f"text and are read as the schema's type; check the spelling, e.g. --config "
+                    f"'{key.split('.')[0]}={{{key.split('.', 1)[-1]}: <value>}}'.)")
+
+
+def coerce(cfg: dict, schema: dict | None = None) -> dict:
+    """Convert text values to the types the schema asks for, in place: `snakemake --config
+    'gan={kimg: 20}'` passes nested values as strings ('20'). Dotted top-level keys
+    (`gan.kimg: 20` in a YAML file) are refused with the nested form to use instead."""
+    schema = schema or yaml.safe_load(schema_path().read_text())
+    props = schema["properties"]
+    dotted = [k for k in cfg if isinstance(k, str) and "." in k and k.split(".", 1)[0] in props]
+    if dotted:
+        k = dotted[0]
+        sec, rest = k.split(".", 1)
+        raise UserError(f"config key '{k}': keys do not nest with dots. Write the nested form: in YAML "
+                        f"'{sec}: {{{rest}: {cfg[k]}}}', on the command line --config '{sec}={{{rest}: {cfg[k]}}}'")
+
+    def walk(obj, sub, path):
+        if not isinstance(obj, dict):
+            return
+        for k, v in list(obj.items()):
+            spec = sub.get("properties", {}).get(k)
+            key = f"{path}.{k}" if path else str(k)
+            if spec is None:
+                continue  # unknown keys are reported by validation
+            override = _OVERRIDE_SECTIONS.get((path, k))
+            if override and isinstance(v, dict):
+                walk(v, props[override], key)
+            elif spec.get("type") == "object" and isinstance(v, dict):
+                walk(v, spec, key)
+            else:
+                obj[k] = _coerce_value(v, spec, key)
+
+    walk(cfg, schema, "")
+    return cfg
+
+
 def validate(cfg: dict, source="config") -> dict:
     import jsonschema
 
     schema = yaml.safe_load(schema_path().read_text())
+    coerce(cfg, schema)
     v = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(v.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:

@@ -5,15 +5,16 @@ rule demo_slides:
         new_profiles=str(Path(config["demo"]["outdir"]) / "new_profiles.csv"),
     log:
         "logs/demo_slides.log",
+    conda:
+        "../envs/acquire.yaml"
     threads: 1
     resources:
         mem_mb=4000,
     params:
+        hs=HISTOSYNTH,
         opts=opts("demo"),
-    conda:
-        "../envs/acquire.yaml"
     shell:
-        "{HISTOSYNTH} -q demo-slides --options {params.opts:q} --outdir {config[demo][outdir]} "
+        "{params.hs} -q demo-slides --options {params.opts:q} "
         "--manifest {output.manifest} > {log} 2>&1"
 
 
@@ -21,42 +22,44 @@ checkpoint acquire_query:
     input:
         unpack(acquire_query_input),
     output:
-        sheet="results/acquire/slides.tsv",
         **GDC_MANIFEST,
+        sheet="results/acquire/slides.tsv",
     log:
         "logs/acquire_query.log",
+    conda:
+        "../envs/acquire.yaml"
     threads: 1
     resources:
         mem_mb=1000,
     params:
+        hs=HISTOSYNTH,
         opts=opts("acquire"),
-    conda:
-        "../envs/acquire.yaml"
     shell:
-        "{HISTOSYNTH} -q acquire-query --options {params.opts:q} --out {output.sheet} > {log} 2>&1"
+        "{params.hs} -q acquire-query --options {params.opts:q} --out {output.sheet} > {log} 2>&1"
 
 
 rule download:
     input:
         sheet="results/acquire/slides.tsv",
     output:
-        slide=config["acquire"]["slide_dir"] + "/{slide}.{ext}",
+        slide=f"{SLIDE_DIR}/{{slide}}.{{ext}}",
         record="results/acquire/verified/{slide}.{ext}.json",
-    wildcard_constraints:
-        ext="[a-z0-9]+",
     log:
         "logs/download/{slide}.{ext}.log",
+    wildcard_constraints:
+        ext="[a-z0-9]+",
+    retries: 1
+    conda:
+        "../envs/acquire.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         downloads=1,
-    retries: 1
     params:
+        hs=HISTOSYNTH,
         opts=opts("acquire"),
-    conda:
-        "../envs/acquire.yaml"
     shell:
-        "{HISTOSYNTH} -q download --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
+        "{params.hs} -q download --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
         "--out {output.slide} --record {output.record} > {log} 2>&1"
 
 
@@ -68,10 +71,12 @@ rule acquire_record:
         sheet="results/acquire/slides.verified.tsv",
     log:
         "logs/acquire_record.log",
+    conda:
+        "../envs/acquire.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../envs/acquire.yaml"
+    params:
+        hs=HISTOSYNTH,
     shell:
-        "{HISTOSYNTH} -q acquire-record --sheet {input.sheet} --records {input.records} --out {output.sheet} > {log} 2>&1"
+        "{params.hs} -q acquire-record --sheet {input.sheet} --records {input.records} --out {output.sheet} > {log} 2>&1"

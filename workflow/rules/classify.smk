@@ -6,19 +6,24 @@ rule classify:
     output:
         study="results/classify/study.json",
         predictions="results/classify/predictions.parquet",
-        plot=report("results/classify/study.png", caption="../report/study.rst", category="Augmentation study"),
+        plot=report(
+            "results/classify/study.png",
+            caption="../report/study.rst",
+            category="Augmentation study",
+        ),
     log:
         "logs/classify.log",
     benchmark:
         "results/benchmarks/classify.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=12000,
         gpu=GPU_ONE,
     params:
+        hs=HISTOSYNTH,
         opts=opts("classify"),
-    conda:
-        "../envs/torch.yaml"
     shell:
-        "{HISTOSYNTH} -q classify --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
+        "{params.hs} -q classify --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
         "--network {input.network} --outdir results/classify > {log} 2>&1"

@@ -1,18 +1,23 @@
 import json
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import pandas as pd
 from snakemake.utils import validate
 
+# `--config 'gan={kimg: 20}'` passes nested values as text: read them as the schema's types first.
+from histosynth.config import coerce as _hs_coerce, validate as _hs_validate
+
+_hs_coerce(config)
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 # Nested defaults too (snakemake fills the top level); the same code the CLI uses.
-from histosynth.config import validate as _hs_validate
 
 _hs_validate(config, "config")
 
 GAN = config["gan"]["name"]
+SLIDE_DIR = config["acquire"]["slide_dir"]  # downloads land in SLIDE_DIR/<slide>.<ext>
 # One GPU for the rules that run networks outside training (reference classifier, generation,
 # evaluation, the study) when the GAN is given GPUs: they use CUDA whenever it is visible.
 GPU_ONE = min(1, int(config["gan"]["gpus"]))
@@ -25,7 +30,9 @@ def _gan_runs():
     ex = config["expression"]
     if ex["enabled"] and config["gan"]["conditioning"] != "expression":
         if ex["run_name"] == GAN:
-            raise ValueError(f"expression.run_name {ex['run_name']!r} must differ from gan.name")
+            raise ValueError(
+                f"expression.run_name {ex['run_name']!r} must differ from gan.name"
+            )
         o = {k: v for k, v in config["gan"].items()}
         o.update(ex["gan"], name=ex["run_name"], conditioning="expression")
         runs[ex["run_name"]] = _hs_validate({"gan": o}, "expression.gan")["gan"]
@@ -34,16 +41,28 @@ def _gan_runs():
 
 RUNS = _gan_runs()
 # expression.matrix may be a URL: fetched once into resources/expression/ (rule fetch_expression)
-EXPRESSION_URL = config["expression"]["matrix"] if "://" in (config["expression"]["matrix"] or "") else None
-EXPRESSION_MATRIX = (f"resources/expression/{EXPRESSION_URL.rsplit('/', 1)[-1].split('?')[0]}" if EXPRESSION_URL
-                     else config["expression"]["matrix"])
+EXPRESSION_URL = (
+    config["expression"]["matrix"]
+    if "://" in (config["expression"]["matrix"] or "")
+    else None
+)
+EXPRESSION_MATRIX = (
+    f"resources/expression/{PurePosixPath(urlsplit(EXPRESSION_URL).path).name}"
+    if EXPRESSION_URL
+    else config["expression"]["matrix"]
+)
 EXPR_RUNS = [r for r, o in RUNS.items() if o["conditioning"] == "expression"]
 if EXPR_RUNS and not config["expression"]["matrix"]:
-    raise ValueError("an expression-conditioned GAN run needs expression.matrix (a GCT, CSV or STAR manifest)")
+    raise ValueError(
+        "an expression-conditioned GAN run needs expression.matrix (a GCT, CSV or STAR manifest)"
+    )
 
 # The layout-conditioned (label-map) run, when masks.enabled: its own rules (rules/masks.smk),
 # options = gan overridden by masks.gan.
-from histosynth.masks.run import resolve_labels as _resolve_labels, run_options as _mask_run_options
+from histosynth.masks.run import (
+    resolve_labels as _resolve_labels,
+    run_options as _mask_run_options,
+)
 
 MASKS = config["masks"]
 MASK_RUN = MASKS["run_name"] if MASKS["enabled"] else None
@@ -51,17 +70,26 @@ MASK_OPTS = _mask_run_options(config["gan"], MASKS) if MASKS["enabled"] else {}
 if MASKS["enabled"]:
     _resolve_labels(MASKS)  # a bad label set stops the workflow before any job runs
     if MASK_RUN in RUNS:
-        raise ValueError(f"masks.run_name {MASK_RUN!r} must differ from the other runs' names {sorted(RUNS)}")
+        raise ValueError(
+            f"masks.run_name {MASK_RUN!r} must differ from the other runs' names {sorted(RUNS)}"
+        )
     if MASKS["source"] == "geojson" and not MASKS["geojson_dir"]:
-        raise ValueError("masks.source geojson needs masks.geojson_dir (the folder of <slide_id>.geojson files)")
+        raise ValueError(
+            "masks.source geojson needs masks.geojson_dir (the folder of <slide_id>.geojson files)"
+        )
 
 # How rules call histosynth. Normally the `histosynth` command installed beside Snakemake.
 # Under `--software-deployment-method conda` each rule runs in its pinned environment from
 # workflow/envs/, which holds the dependencies but not histosynth: the code then runs from
 # this checkout's src/ (the same code, whatever the environment).
-if "conda" in {str(m).lower().rsplit(".", 1)[-1] for m in workflow.deployment_settings.deployment_method}:
-    HS_ENV = "PYTHONPATH={}${{PYTHONPATH:+:$PYTHONPATH}} ".format(shlex.quote(str(Path(workflow.basedir).parent / "src")))
-    HISTOSYNTH = HS_ENV + "python -m histosynth.cli"
+if "conda" in {
+    str(m).lower().rsplit(".", 1)[-1]
+    for m in workflow.deployment_settings.deployment_method
+}:
+    HS_ENV = "PYTHONPATH={}${{PYTHONPATH:+:$PYTHONPATH}} ".format(
+        shlex.quote(str(Path(workflow.basedir).parent / "src"))
+    )
+    HISTOSYNTH = f"{HS_ENV}python -m histosynth.cli"
 else:
     HS_ENV = ""
     HISTOSYNTH = "histosynth"
@@ -92,7 +120,9 @@ def gan_inputs(wildcards):
 def launcher(wildcards):
     gpus = RUNS[wildcards.run]["gpus"]
     if gpus > 1:
-        return f"{HS_ENV}torchrun --standalone --nproc-per-node {gpus} -m histosynth.cli"
+        return (
+            f"{HS_ENV}torchrun --standalone --nproc-per-node {gpus} -m histosynth.cli"
+        )
     return HISTOSYNTH
 
 
@@ -100,15 +130,24 @@ def expression_outputs():
     """What the expression runs add to the report."""
     out = []
     for r in EXPR_RUNS:
-        out += [f"results/evaluate/{r}/profiles.json", f"results/evaluate/{r}/metrics.json",
-                f"results/gan/{r}/stats.jsonl", f"results/evaluate/{r}/blend.png"]
+        out += [
+            f"results/evaluate/{r}/profiles.json",
+            f"results/evaluate/{r}/metrics.json",
+            f"results/gan/{r}/stats.jsonl",
+            f"results/evaluate/{r}/blend.png",
+        ]
         if config["expression"]["new_profiles"] or config["expression"]["vae_samples"]:
             out.append(f"results/generate/{r}/profiles.parquet")
     return out
 
 
 def sample_sheet():
-    return pd.read_csv(checkpoints.acquire_query.get().output.sheet, sep="\t", dtype=str, keep_default_na=False)
+    return pd.read_csv(
+        checkpoints.acquire_query.get().output.sheet,
+        sep="\t",
+        dtype=str,
+        keep_default_na=False,
+    )
 
 
 def slide_path(wildcards):
@@ -136,13 +175,20 @@ def acquire_query_input(wildcards):
     return {}
 
 
-GDC_MANIFEST = {"gdc_manifest": "results/acquire/gdc_manifest.txt"} if config["acquire"]["source"] == "gdc" else {}
+GDC_MANIFEST = (
+    {"gdc_manifest": "results/acquire/gdc_manifest.txt"}
+    if config["acquire"]["source"] == "gdc"
+    else {}
+)
 
 
 def all_download_records(wildcards):
     sheet = sample_sheet()
-    slide_dir = config["acquire"]["slide_dir"] + "/"
-    return ["results/acquire/verified/" + p.removeprefix(slide_dir) + ".json" for p in sheet["path"]]
+    slide_dir = f"{SLIDE_DIR}/"
+    return [
+        f"results/acquire/verified/{p.removeprefix(slide_dir)}.json"
+        for p in sheet["path"]
+    ]
 
 
 def label_map_inputs(wildcards):
@@ -157,15 +203,23 @@ def label_map_inputs(wildcards):
 
 
 def all_label_map_indexes(wildcards):
-    return expand("results/masks/slides/{slide}.parquet", slide=sample_sheet()["slide_id"])
+    return expand(
+        "results/masks/slides/{slide}.parquet", slide=sample_sheet()["slide_id"]
+    )
 
 
 def evaluate_layout_inputs(wildcards):
-    inputs = {"index": "results/masks/index.parquet",
-              "synthetic": f"results/generate/{MASK_RUN}/synthetic.parquet",
-              "heldout": f"results/generate/{MASK_RUN}/heldout.parquet",
-              "segmenter": "results/masks/segmenter.json" if MASKS["source"] == "auto" else "results/masks/segnet.pt",
-              "reference": "results/evaluate/reference_classifier.pt"}
+    inputs = {
+        "index": "results/masks/index.parquet",
+        "synthetic": f"results/generate/{MASK_RUN}/synthetic.parquet",
+        "heldout": f"results/generate/{MASK_RUN}/heldout.parquet",
+        "segmenter": (
+            "results/masks/segmenter.json"
+            if MASKS["source"] == "auto"
+            else "results/masks/segnet.pt"
+        ),
+        "reference": "results/evaluate/reference_classifier.pt",
+    }
     if "inception-v3" in config["evaluate"]["extractors"]:
         inputs["weights"] = config["evaluate"]["inception_weights"]
     return inputs
@@ -175,5 +229,31 @@ def mask_outputs():
     """What the mask run adds to the report."""
     if not MASKS["enabled"]:
         return []
-    return [f"results/evaluate/{MASK_RUN}/layout.json", f"results/evaluate/{MASK_RUN}/triplets.png",
-            f"results/gan/{MASK_RUN}/stats.jsonl"]
+    return [
+        f"results/evaluate/{MASK_RUN}/layout.json",
+        f"results/evaluate/{MASK_RUN}/triplets.png",
+        f"results/gan/{MASK_RUN}/stats.jsonl",
+    ]
+
+
+def stage_outputs(stage):
+    """What the networks / generated / evaluated stage targets ask for, over every run."""
+    runs = list(RUNS) + ([MASK_RUN] if MASK_RUN else [])
+    if stage == "networks":
+        return [f"results/gan/{r}/network.pt" for r in runs]
+    if stage == "generated":
+        return [f"results/generate/{r}/synthetic.parquet" for r in runs]
+    out = [f"results/evaluate/{r}/metrics.json" for r in RUNS]
+    out += [f"results/evaluate/{r}/profiles.json" for r in EXPR_RUNS]
+    return out + ([f"results/evaluate/{MASK_RUN}/layout.json"] if MASK_RUN else [])
+
+
+def evaluate_inputs(wildcards):
+    inputs = {
+        "tiles": "results/split/tiles.parquet",
+        "synthetic": f"results/generate/{wildcards.run}/synthetic.parquet",
+        "reference": "results/evaluate/reference_classifier.pt",
+    }
+    if "inception-v3" in config["evaluate"]["extractors"]:
+        inputs["weights"] = config["evaluate"]["inception_weights"]
+    return inputs

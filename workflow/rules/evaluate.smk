@@ -5,16 +5,17 @@ rule train_reference:
         model="results/evaluate/reference_classifier.pt",
     log:
         "logs/train_reference.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=GPU_ONE,
     params:
+        hs=HISTOSYNTH,
         opts=opts("classify"),
-    conda:
-        "../envs/torch.yaml"
     shell:
-        "{HISTOSYNTH} -q train-reference --options {params.opts:q} --tiles {input.tiles} --out {output.model} > {log} 2>&1"
+        "{params.hs} -q train-reference --options {params.opts:q} --tiles {input.tiles} --out {output.model} > {log} 2>&1"
 
 
 rule fetch_inception:
@@ -22,23 +23,13 @@ rule fetch_inception:
         config["evaluate"]["inception_weights"],
     log:
         "logs/fetch_inception.log",
-    params:
-        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
     conda:
         "../envs/torch.yaml"
+    params:
+        hs_env=HS_ENV,
+        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
     shell:
-        "{HS_ENV}python -m histosynth.evaluate.fetch_weights {params.url:q} {output} > {log} 2>&1"
-
-
-def evaluate_inputs(wildcards):
-    inputs = {
-        "tiles": "results/split/tiles.parquet",
-        "synthetic": f"results/generate/{wildcards.run}/synthetic.parquet",
-        "reference": "results/evaluate/reference_classifier.pt",
-    }
-    if "inception-v3" in config["evaluate"]["extractors"]:
-        inputs["weights"] = config["evaluate"]["inception_weights"]
-    return inputs
+        "{params.hs_env}python -m histosynth.evaluate.fetch_weights {params.url:q} {output} > {log} 2>&1"
 
 
 rule evaluate:
@@ -48,16 +39,17 @@ rule evaluate:
         metrics="results/evaluate/{run}/metrics.json",
     log:
         "logs/evaluate/{run}.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=GPU_ONE,
     params:
+        hs=HISTOSYNTH,
         opts=opts("evaluate"),
         partitions=lambda wc: " ".join(RUNS[wc.run]["train_partitions"]),
-    conda:
-        "../envs/torch.yaml"
     shell:
-        "{HISTOSYNTH} -q evaluate --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
+        "{params.hs} -q evaluate --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
         "--reference {input.reference} --real-partitions {params.partitions} --feature-cache results/evaluate/features "
         "--out {output.metrics} > {log} 2>&1"

@@ -7,12 +7,13 @@ rule fetch_expression:
         EXPRESSION_MATRIX if EXPRESSION_URL else "resources/expression/.no-url",
     log:
         "logs/fetch_expression.log",
-    params:
-        url=EXPRESSION_URL,
     conda:
         "../envs/acquire.yaml"
+    params:
+        hs_env=HS_ENV,
+        url=EXPRESSION_URL,
     shell:
-        "{HS_ENV}python -m histosynth.expression.fetch {params.url:q} {output} > {log} 2>&1"
+        "{params.hs_env}python -m histosynth.expression.fetch {params.url:q} {output} > {log} 2>&1"
 
 
 rule expression_prepare:
@@ -25,15 +26,16 @@ rule expression_prepare:
         transform="results/expression/transform.json",
     log:
         "logs/expression_prepare.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=8000,
     params:
+        hs=HISTOSYNTH,
         opts=opts("expression"),
-    conda:
-        "../envs/torch.yaml"
     shell:
-        "{HISTOSYNTH} -q expression-prepare --options {params.opts:q} --matrix {input.matrix} --sheet {input.sheet} --split {input.split} "
+        "{params.hs} -q expression-prepare --options {params.opts:q} --matrix {input.matrix} --sheet {input.sheet} --split {input.split} "
         "--out-profiles {output.profiles} --out-transform {output.transform} > {log} 2>&1"
 
 
@@ -45,18 +47,23 @@ rule train_vae:
         vae="results/expression/vae.pt",
         embeddings="results/expression/embeddings.parquet",
         report="results/expression/vae_report.json",
-        plot=report("results/expression/vae.png", caption="../report/vae.rst", category="Expression"),
+        plot=report(
+            "results/expression/vae.png",
+            caption="../report/vae.rst",
+            category="Expression",
+        ),
     log:
         "logs/train_vae.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
     params:
+        hs=HISTOSYNTH,
         opts=opts("expression"),
-    conda:
-        "../envs/torch.yaml"
     shell:
-        "{HISTOSYNTH} -q train-vae --options {params.opts:q} --profiles {input.profiles} --transform {input.transform} "
+        "{params.hs} -q train-vae --options {params.opts:q} --profiles {input.profiles} --transform {input.transform} "
         "--out {output.vae} --out-embeddings {output.embeddings} --out-report {output.report} --out-plot {output.plot} > {log} 2>&1"
 
 
@@ -69,16 +76,17 @@ rule generate_heldout:
         index="results/generate/{run}/heldout.parquet",
     log:
         "logs/generate_heldout/{run}.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=lambda wc: min(1, RUNS[wc.run]["gpus"]),
     params:
+        hs=HISTOSYNTH,
         n=config["expression"]["heldout_per_profile"],
-    conda:
-        "../envs/torch.yaml"
     shell:
-        "{HISTOSYNTH} -q generate-profiles --network {input.network} --tiles {input.tiles} --embeddings {input.embeddings} "
+        "{params.hs} -q generate-profiles --network {input.network} --tiles {input.tiles} --embeddings {input.embeddings} "
         "--partitions test --per-profile {params.n} --outdir results/generate/{wildcards.run}/heldout "
         "--out-index {output.index} > {log} 2>&1"
 
@@ -92,21 +100,28 @@ rule generate_profiles:
     output:
         index="results/generate/{run}/profiles.parquet",
         sampled="results/generate/{run}/vae_sampled_profiles.csv",
-        grid=report("results/evaluate/{run}/profiles.png", caption="../report/profiles.rst", category="Expression"),
+        grid=report(
+            "results/evaluate/{run}/profiles.png",
+            caption="../report/profiles.rst",
+            category="Expression",
+        ),
     log:
         "logs/generate_profiles/{run}.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=lambda wc: min(1, RUNS[wc.run]["gpus"]),
     params:
-        profiles=lambda wc, input: f"--profiles {input.profiles}" if input.profiles else "",
+        hs=HISTOSYNTH,
+        profiles=lambda wc, input: (
+            f"--profiles {input.profiles}" if input.profiles else ""
+        ),
         k=config["expression"]["vae_samples"],
         n=config["expression"]["per_profile"],
-    conda:
-        "../envs/torch.yaml"
     shell:
-        "{HISTOSYNTH} -q generate-profiles --network {input.network} --tiles {input.tiles} --vae {input.vae} "
+        "{params.hs} -q generate-profiles --network {input.network} --tiles {input.tiles} --vae {input.vae} "
         "{params.profiles} --vae-samples {params.k} --out-sampled {output.sampled} --per-profile {params.n} "
         "--outdir results/generate/{wildcards.run}/profiles --out-index {output.index} --grid {output.grid} > {log} 2>&1"
 
@@ -119,18 +134,23 @@ rule evaluate_profiles:
         transform="results/expression/transform.json",
     output:
         json="results/evaluate/{run}/profiles.json",
-        grid=report("results/evaluate/{run}/heldout.png", caption="../report/heldout.rst", category="Expression"),
+        grid=report(
+            "results/evaluate/{run}/heldout.png",
+            caption="../report/heldout.rst",
+            category="Expression",
+        ),
     log:
         "logs/evaluate_profiles/{run}.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=GPU_ONE,
     params:
+        hs=HISTOSYNTH,
         opts=opts("evaluate"),
-    conda:
-        "../envs/torch.yaml"
     shell:
-        "{HISTOSYNTH} -q evaluate-profiles --options {params.opts:q} --tiles {input.tiles} --heldout {input.heldout} "
+        "{params.hs} -q evaluate-profiles --options {params.opts:q} --tiles {input.tiles} --heldout {input.heldout} "
         "--reference {input.reference} --transform {input.transform} --feature-cache results/evaluate/features "
         "--out {output.json} --grid {output.grid} > {log} 2>&1"

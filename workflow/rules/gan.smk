@@ -8,6 +8,8 @@ rule train_gan:
         "logs/train_gan/{run}.log",
     benchmark:
         "results/benchmarks/train_gan/{run}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=16000,
@@ -16,9 +18,9 @@ rule train_gan:
         opts=run_opts,
         outdir="results/gan/{run}",
         launcher=launcher,
-        embeddings=lambda wc, input: f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else "",
-    conda:
-        "../envs/torch.yaml"
+        embeddings=lambda wc, input: (
+            f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else ""
+        ),
     shell:
         "{params.launcher} -q train-gan --options {params.opts:q} --tiles {input.tiles} --outdir {params.outdir} "
         "{params.embeddings} --threads {threads} > {log} 2>&1"
@@ -30,24 +32,33 @@ rule generate:
         tiles="results/split/tiles.parquet",
     output:
         index="results/generate/{run}/synthetic.parquet",
-        blend=report("results/evaluate/{run}/blend.png", caption="../report/blend.rst", category="Generation",
-                     subcategory="{run}"),
+        blend=report(
+            "results/evaluate/{run}/blend.png",
+            caption="../report/blend.rst",
+            category="Generation",
+            subcategory="{run}",
+        ),
         gif="results/evaluate/{run}/blend.gif",
-        latent=report("results/evaluate/{run}/latent.png", caption="../report/latent.rst", category="Generation",
-                      subcategory="{run}"),
+        latent=report(
+            "results/evaluate/{run}/latent.png",
+            caption="../report/latent.rst",
+            category="Generation",
+            subcategory="{run}",
+        ),
         latent_gif="results/evaluate/{run}/latent.gif",
     log:
         "logs/generate/{run}.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=lambda wc: min(1, RUNS[wc.run]["gpus"]),
     params:
+        hs=HISTOSYNTH,
         opts=opts("generate"),
         outdir="results/generate/{run}",
-    conda:
-        "../envs/torch.yaml"
     shell:
-        "{HISTOSYNTH} -q generate --options {params.opts:q} --network {input.network} --tiles {input.tiles} "
+        "{params.hs} -q generate --options {params.opts:q} --network {input.network} --tiles {input.tiles} "
         "--outdir {params.outdir} --out-index {output.index} --blend-png {output.blend} --blend-gif {output.gif} "
         "--latent-png {output.latent} --latent-gif {output.latent_gif} > {log} 2>&1"

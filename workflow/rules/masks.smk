@@ -9,15 +9,16 @@ if MASKS["source"] == "pannuke":
             index="results/masks/index.parquet",
         log:
             "logs/import_pannuke.log",
+        conda:
+            "../envs/slides.yaml"
         threads: 1
         resources:
             mem_mb=8000,
         params:
+            hs=HISTOSYNTH,
             opts=opts("masks"),
-        conda:
-            "../envs/slides.yaml"
         shell:
-            "{HISTOSYNTH} -q import-pannuke --options {params.opts:q} --out {output.index} > {log} 2>&1"
+            "{params.hs} -q import-pannuke --options {params.opts:q} --out {output.index} > {log} 2>&1"
 
 else:
 
@@ -28,15 +29,16 @@ else:
             "results/masks/segmenter.json",
         log:
             "logs/fit_segmenter.log",
+        conda:
+            "../envs/slides.yaml"
         threads: 1
         resources:
             mem_mb=4000,
         params:
+            hs=HISTOSYNTH,
             opts=opts("masks"),
-        conda:
-            "../envs/slides.yaml"
         shell:
-            "{HISTOSYNTH} -q fit-segmenter --options {params.opts:q} --tiles {input.tiles} --out {output} > {log} 2>&1"
+            "{params.hs} -q fit-segmenter --options {params.opts:q} --tiles {input.tiles} --out {output} > {log} 2>&1"
 
     rule label_maps:
         input:
@@ -46,16 +48,21 @@ else:
             index="results/masks/slides/{slide}.parquet",
         log:
             "logs/label_maps/{slide}.log",
+        conda:
+            "../envs/slides.yaml"
         threads: 1
         resources:
             mem_mb=4000,
         params:
+            hs=HISTOSYNTH,
             opts=opts("masks"),
-            extra=lambda wc, input: " ".join(f"--{k} {v}" for k, v in input.items() if k in ("segmenter", "annotations")),
-        conda:
-            "../envs/slides.yaml"
+            extra=lambda wc, input: " ".join(
+                f"--{k} {v}"
+                for k, v in input.items()
+                if k in ("segmenter", "annotations")
+            ),
         shell:
-            "{HISTOSYNTH} -q label-maps --options {params.opts:q} --tiles {input.tiles} --slide-id {wildcards.slide} "
+            "{params.hs} -q label-maps --options {params.opts:q} --tiles {input.tiles} --slide-id {wildcards.slide} "
             "{params.extra} --store {output.store} --index {output.index} > {log} 2>&1"
 
     rule mask_index:
@@ -65,13 +72,15 @@ else:
             "results/masks/index.parquet",
         log:
             "logs/mask_index.log",
+        conda:
+            "../envs/slides.yaml"
         threads: 1
         resources:
             mem_mb=2000,
-        conda:
-            "../envs/slides.yaml"
+        params:
+            hs=HISTOSYNTH,
         shell:
-            "{HISTOSYNTH} -q mask-index --indexes {input} --out {output} > {log} 2>&1"
+            "{params.hs} -q mask-index --indexes {input} --out {output} > {log} 2>&1"
 
 
 rule train_segnet:
@@ -81,16 +90,17 @@ rule train_segnet:
         "results/masks/segnet.pt",
     log:
         "logs/train_segnet.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=min(1, MASK_OPTS.get("gpus", 0)) if MASK_OPTS else 0,
     params:
+        hs=HISTOSYNTH,
         opts=opts("masks"),
-    conda:
-        "../envs/torch.yaml"
     shell:
-        "{HISTOSYNTH} -q train-segnet --options {params.opts:q} --index {input.index} --out {output} > {log} 2>&1"
+        "{params.hs} -q train-segnet --options {params.opts:q} --index {input.index} --out {output} > {log} 2>&1"
 
 
 rule train_mask_gan:
@@ -103,6 +113,8 @@ rule train_mask_gan:
         f"logs/train_gan/{MASK_RUN}.log",
     benchmark:
         f"results/benchmarks/train_gan/{MASK_RUN}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=16000,
@@ -110,11 +122,12 @@ rule train_mask_gan:
     params:
         opts=json.dumps(MASK_OPTS, sort_keys=True),
         masks=opts("masks"),
-        outdir=f"results/gan/{MASK_RUN}",
-        launcher=(f"{HS_ENV}torchrun --standalone --nproc-per-node {MASK_OPTS.get('gpus', 0)} -m histosynth.cli"
-                  if MASK_OPTS.get("gpus", 0) > 1 else HISTOSYNTH),
-    conda:
-        "../envs/torch.yaml"
+        outdir=lambda wc, output: Path(output.network).parent,
+        launcher=(
+            f"{HS_ENV}torchrun --standalone --nproc-per-node {MASK_OPTS.get('gpus', 0)} -m histosynth.cli"
+            if MASK_OPTS.get("gpus", 0) > 1
+            else HISTOSYNTH
+        ),
     shell:
         "{params.launcher} -q train-gan --options {params.opts:q} --masks-options {params.masks:q} "
         "--tiles {input.index} --outdir {params.outdir} --threads {threads} > {log} 2>&1"
@@ -127,21 +140,25 @@ rule generate_layout:
     output:
         index=f"results/generate/{MASK_RUN}/synthetic.parquet",
         heldout=f"results/generate/{MASK_RUN}/heldout.parquet",
-        triplets=report(f"results/evaluate/{MASK_RUN}/triplets.png", caption="../report/triplets.rst",
-                        category="Layout-conditioned run"),
+        triplets=report(
+            f"results/evaluate/{MASK_RUN}/triplets.png",
+            caption="../report/triplets.rst",
+            category="Layout-conditioned run",
+        ),
     log:
         f"logs/generate/{MASK_RUN}.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=min(1, MASK_OPTS.get("gpus", 0)) if MASK_OPTS else 0,
     params:
+        hs=HISTOSYNTH,
         opts=opts("masks"),
-        outdir=f"results/generate/{MASK_RUN}",
-    conda:
-        "../envs/torch.yaml"
+        outdir=lambda wc, output: Path(output.index).parent,
     shell:
-        "{HISTOSYNTH} -q generate-layout --options {params.opts:q} --network {input.network} --index {input.index} "
+        "{params.hs} -q generate-layout --options {params.opts:q} --network {input.network} --index {input.index} "
         "--outdir {params.outdir} --out-index {output.index} --out-heldout {output.heldout} "
         "--triplets {output.triplets} > {log} 2>&1"
 
@@ -153,18 +170,20 @@ rule evaluate_layout:
         f"results/evaluate/{MASK_RUN}/layout.json",
     log:
         f"logs/evaluate/{MASK_RUN}.log",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=GPU_ONE,
     params:
+        hs=HISTOSYNTH,
         opts=opts("evaluate"),
         masks=opts("masks"),
         partitions=" ".join(MASK_OPTS.get("train_partitions", ["train"])),
-    conda:
-        "../envs/torch.yaml"
+        run=MASK_RUN,
     shell:
-        "{HISTOSYNTH} -q evaluate-layout --options {params.opts:q} --masks-options {params.masks:q} --run {MASK_RUN} "
+        "{params.hs} -q evaluate-layout --options {params.opts:q} --masks-options {params.masks:q} --run {params.run} "
         "--index {input.index} --synthetic {input.synthetic} --heldout {input.heldout} --segmenter {input.segmenter} "
         "--reference {input.reference} --real-partitions {params.partitions} --feature-cache results/evaluate/features "
         "--out {output} > {log} 2>&1"

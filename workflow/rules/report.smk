@@ -11,19 +11,25 @@ rule report:
         masks=mask_outputs(),
     output:
         json="results/report/summary.json",
-        html=report("results/report/summary.html", caption="../report/summary.rst", category="Summary"),
+        html=report(
+            "results/report/summary.html",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
     log:
         "logs/report.log",
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=2000,
     params:
+        hs=HISTOSYNTH,
+        gan=GAN,
         run_name=config["run_name"],
         expression=" ".join(f"--expression-run {r}" for r in EXPR_RUNS),
         masks=f"--mask-run {MASK_RUN}" if MASK_RUN else "",
-    conda:
-        "../envs/report.yaml"
     shell:
-        "{HISTOSYNTH} -q report --sheet {input.sheet} --tiles {input.tiles} --gan-dir results/gan/{GAN} "
-        "--gan-run {GAN} --metrics {input.metrics} --study {input.study} --qc-dir results/tiles/qc "
+        "{params.hs} -q report --sheet {input.sheet} --tiles {input.tiles} --gan-dir results/gan/{params.gan} "
+        "--gan-run {params.gan} --metrics {input.metrics} --study {input.study} --qc-dir results/tiles/qc "
         "--out-json {output.json} --out-html {output.html} --run-name {params.run_name:q} {params.expression} {params.masks} > {log} 2>&1"

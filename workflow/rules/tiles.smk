@@ -5,20 +5,26 @@ rule tile:
     output:
         store="results/tiles/{slide}.tiff",
         index="results/tiles/{slide}.parquet",
-        thumb=report("results/tiles/qc/{slide}.png", caption="../report/qc.rst", category="Tiling QC", subcategory="{slide}"),
+        thumb=report(
+            "results/tiles/qc/{slide}.png",
+            caption="../report/qc.rst",
+            category="Tiling QC",
+            subcategory="{slide}",
+        ),
     log:
         "logs/tile/{slide}.log",
     benchmark:
         "results/benchmarks/tile/{slide}.tsv"
+    conda:
+        "../envs/slides.yaml"
     threads: 2
     resources:
         mem_mb=4000,
     params:
+        hs=HISTOSYNTH,
         opts=opts("tiles"),
-    conda:
-        "../envs/slides.yaml"
     shell:
-        "{HISTOSYNTH} -q tile --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
+        "{params.hs} -q tile --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
         "--slide {input.slide} --store {output.store} --index {output.index} --thumb {output.thumb} "
         "--threads {threads} > {log} 2>&1"
 
@@ -32,13 +38,14 @@ rule split:
         tiles="results/split/tiles.parquet",
     log:
         "logs/split.log",
+    conda:
+        "../envs/slides.yaml"
     threads: 1
     resources:
         mem_mb=2000,
     params:
+        hs=HISTOSYNTH,
         opts=opts("split"),
-    conda:
-        "../envs/slides.yaml"
     shell:
-        "{HISTOSYNTH} -q split --options {params.opts:q} --sheet {input.sheet} --indexes {input.indexes} "
+        "{params.hs} -q split --options {params.opts:q} --sheet {input.sheet} --indexes {input.indexes} "
         "--out-split {output.split} --out-tiles {output.tiles} > {log} 2>&1"

@@ -97,9 +97,11 @@ def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patient
         syn_idx = _balanced_pick(y_syn, n_syn, rng, len(classes))
         parts_x, parts_y = [], []
         if kind != "synthetic":
-            parts_x.append(x_train[real_idx]); parts_y.append(y_train[real_idx])
+            parts_x.append(x_train[real_idx])
+            parts_y.append(y_train[real_idx])
         if n_syn:
-            parts_x.append(x_syn[syn_idx]); parts_y.append(y_syn[syn_idx])
+            parts_x.append(x_syn[syn_idx])
+            parts_y.append(y_syn[syn_idx])
         model = clf.train(np.concatenate(parts_x), np.concatenate(parts_y), len(classes), opts, seed, device)
         prob = clf.predict(model, x_test, device)
         p = pd.DataFrame(prob, columns=[f"p{i}" for i in range(len(classes))])

@@ -47,7 +47,8 @@ def real_halves(real: pd.DataFrame, seed=0):
         else:
             how = "tile"
             ids = rng.permutation(grp.index.to_numpy())
-            a_idx += list(ids[: len(ids) // 2]); b_idx += list(ids[len(ids) // 2:])
+            a_idx += list(ids[: len(ids) // 2])
+            b_idx += list(ids[len(ids) // 2:])
     return np.array(a_idx), np.array(b_idx), how
 
 
@@ -55,7 +56,8 @@ def evaluate_features(f_real: pd.DataFrame, feats_real: np.ndarray, f_fake: pd.D
                       opts: dict, extractor: str) -> dict:
     a, b, how = real_halves(f_real, opts["seed"])
     pos = {k: i for i, k in enumerate(f_real.index)}
-    a = np.array([pos[i] for i in a]); b = np.array([pos[i] for i in b])
+    a = np.array([pos[i] for i in a])
+    b = np.array([pos[i] for i in b])
     rng = np.random.default_rng(opts["seed"])
     n = min(len(a), len(b), len(feats_fake))
     if opts.get("max_samples"):

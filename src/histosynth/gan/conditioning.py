@@ -37,7 +37,7 @@ class ConditioningSpec:
         return 0
 
     @classmethod
-    def fit(cls, kind: str, index: pd.DataFrame, columns=None, noise: float = 0.0) -> "ConditioningSpec":
+    def fit(cls, kind: str, index: pd.DataFrame, columns=None, noise: float = 0.0) -> ConditioningSpec:
         if kind == "none":
             return cls("none")
         if kind == "expression":

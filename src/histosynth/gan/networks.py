@@ -142,7 +142,9 @@ class SynthesisNetwork(nn.Module):
         assert resolution >= 8 and resolution & (resolution - 1) == 0, "resolution must be a power of two >= 8"
         self.resolution = resolution
         self.res_log2 = int(math.log2(resolution))
-        ch = lambda r: channels(r, channel_base, channel_max)
+        def ch(r):
+            return channels(r, channel_base, channel_max)
+
         self.const = nn.Parameter(torch.randn(ch(4), 4, 4))
         self.layers = nn.ModuleList([SynthesisLayer(ch(4), ch(4), w_dim, 4)])
         self.torgbs = nn.ModuleList([ToRGB(ch(4), w_dim, img_channels)])
@@ -212,7 +214,9 @@ class Discriminator(nn.Module):
 
     def __init__(self, c_dim, resolution, channel_base=16384, channel_max=512, cmap_dim=None):
         super().__init__()
-        ch = lambda r: channels(r, channel_base, channel_max)
+        def ch(r):
+            return channels(r, channel_base, channel_max)
+
         self.c_dim = c_dim
         self.fromrgb = Conv(3, ch(resolution), 1)
         blocks = []

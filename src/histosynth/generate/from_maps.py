@@ -78,7 +78,8 @@ def triplet_figure(real_index: pd.DataFrame, fake_index: pd.DataFrame, labels, p
         for j, (img, title) in enumerate(((labels.colorize(maps[i]), "label map"), (real[i], "real"),
                                           (fake[i], "synthetic"))):
             ax[i, j].imshow(img, interpolation="nearest")
-            ax[i, j].set_xticks([]); ax[i, j].set_yticks([])
+            ax[i, j].set_xticks([])
+            ax[i, j].set_yticks([])
             if i == 0:
                 ax[i, j].set_title(title)
         ax[i, 0].set_ylabel(f"{fk['source_patient'].iloc[i]}\n{fk['label'].iloc[i]}", fontsize=7)

@@ -40,7 +40,7 @@ class ColourSegmenter:
     median: int = 3
     n_fit_pixels: int = 0
 
-    def fit(self, tiles: np.ndarray, max_pixels: int = 2_000_000, seed: int = 0) -> "ColourSegmenter":
+    def fit(self, tiles: np.ndarray, max_pixels: int = 2_000_000, seed: int = 0) -> ColourSegmenter:
         """Fit the haematoxylin threshold on (N, H, W, 3) uint8 training tiles."""
         from skimage.filters import threshold_otsu
 
@@ -75,7 +75,7 @@ class ColourSegmenter:
             tmp.write_text(json.dumps({"method": "colour-deconvolution", **asdict(self)}, indent=1))
 
     @classmethod
-    def load(cls, path) -> "ColourSegmenter":
+    def load(cls, path) -> ColourSegmenter:
         d = json.loads(open(path).read())
         d.pop("method", None)
         return cls(**d)

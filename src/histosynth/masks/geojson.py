@@ -104,8 +104,10 @@ def rasterise(shapes: list, x0: float, y0: float, scale: float, out_px: int) -> 
         if bx1 < x0 or by1 < y0 or bx0 > x1 or by0 > y1:
             continue
         # pixel columns/rows whose centres can fall inside the bounding box
-        c0 = max(0, int(np.floor((bx0 - x0) / scale - 0.5))); c1 = min(out_px, int(np.ceil((bx1 - x0) / scale + 0.5)))
-        r0 = max(0, int(np.floor((by0 - y0) / scale - 0.5))); r1 = min(out_px, int(np.ceil((by1 - y0) / scale + 0.5)))
+        c0 = max(0, int(np.floor((bx0 - x0) / scale - 0.5)))
+        c1 = min(out_px, int(np.ceil((bx1 - x0) / scale + 0.5)))
+        r0 = max(0, int(np.floor((by0 - y0) / scale - 0.5)))
+        r1 = min(out_px, int(np.ceil((by1 - y0) / scale + 0.5)))
         if c0 >= c1 or r0 >= r1:
             continue
         cc, rr = np.meshgrid(np.arange(c0, c1), np.arange(r0, r1))

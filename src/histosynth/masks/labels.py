@@ -28,7 +28,7 @@ class LabelSet:
     colors: np.ndarray  # (K, 3) uint8
 
     @classmethod
-    def from_config(cls, labels: list, where="masks.labels") -> "LabelSet":
+    def from_config(cls, labels: list, where="masks.labels") -> LabelSet:
         if not labels or len(labels) < 2:
             raise UserError(f"{where}: a label set needs at least two classes (the first is background)")
         if len(labels) > 255:
@@ -42,7 +42,7 @@ class LabelSet:
         return cls(names, colors)
 
     def to_config(self) -> list:
-        return [{"name": n, "color": "#%02x%02x%02x" % tuple(int(v) for v in c)} for n, c in zip(self.names, self.colors)]
+        return [{"name": n, "color": "#{:02x}{:02x}{:02x}".format(*(int(v) for v in c))} for n, c in zip(self.names, self.colors)]
 
     def __len__(self):
         return len(self.names)

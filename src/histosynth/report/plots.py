@@ -38,14 +38,17 @@ def training_plot(stats_jsonl, path):
     k = [r["kimg"] for r in rows]
     ax[0].plot(k, [r["loss_G"] for r in rows], label="G")
     ax[0].plot(k, [r["loss_D"] for r in rows], label="D")
-    ax[0].set_xlabel("kimg"); ax[0].set_ylabel("loss"); ax[0].legend()
+    ax[0].set_xlabel("kimg")
+    ax[0].set_ylabel("loss")
+    ax[0].legend()
     if rows and "augment_p" in rows[0]:
         ax[1].plot(k, [r["augment_p"] for r in rows], label="augment p")
     else:  # mask runs: the generator's loss terms
         for key in ("g_adv", "g_fm", "g_l1", "g_kl"):
             if rows and rows[0].get(key) is not None:
                 ax[1].plot(k, [r[key] for r in rows], label=key)
-    ax[1].set_xlabel("kimg"); ax[1].legend()
+    ax[1].set_xlabel("kimg")
+    ax[1].legend()
     _save(fig, path)
 
 
@@ -55,13 +58,18 @@ def vae_plot(history: list[dict], report: dict, path):
     ep = [h["epoch"] for h in history]
     a.plot(ep, [h["train_loss"] for h in history], label="train loss")
     a.plot(ep, [h["val_loss"] for h in history], label="validation loss")
-    a.set_xlabel("epoch"); a.set_yscale("log"); a.legend(); a.set_title("β-VAE training")
+    a.set_xlabel("epoch")
+    a.set_yscale("log")
+    a.legend()
+    a.set_title("β-VAE training")
     parts = list(report)
     xs = range(len(parts))
     b.bar([x - 0.2 for x in xs], [report[p]["mse"] for p in parts], 0.4, label="β-VAE reconstruction")
     b.bar([x + 0.2 for x in xs], [report[p]["mse_mean_profile"] for p in parts], 0.4, label="mean profile")
-    b.set_xticks(list(xs), [f"{p} (n={report[p]['n']})" for p in parts]); b.set_ylabel("MSE per gene (standardised)")
-    b.legend(); b.set_title("reconstruction by partition")
+    b.set_xticks(list(xs), [f"{p} (n={report[p]['n']})" for p in parts])
+    b.set_ylabel("MSE per gene (standardised)")
+    b.legend()
+    b.set_title("reconstruction by partition")
     _save(fig, path)
 
 

@@ -347,7 +347,8 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
         c_real, c_fake = c_real.to(device), c_fake.to(device)
 
         # G main
-        G.requires_grad_(True); D.requires_grad_(False)
+        G.requires_grad_(True)
+        D.requires_grad_(False)
         opt_G.zero_grad(set_to_none=True)
         with amp():
             fake = G_fwd(z, c_fake, update_w_avg=True)
@@ -362,7 +363,8 @@ def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True) -> Pat
         opt_G.step()
 
         # D main
-        G.requires_grad_(False); D.requires_grad_(True)
+        G.requires_grad_(False)
+        D.requires_grad_(True)
         opt_D.zero_grad(set_to_none=True)
         with amp():
             loss_D, d_real = d_main_loss(D_fwd, real, fake, c_real, c_fake, aug)

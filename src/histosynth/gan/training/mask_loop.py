@@ -27,9 +27,23 @@ import torch.nn.functional as F
 from histosynth.gan import checkpoint as ckpt
 from histosynth.gan.dataset import TileSource, sampling_weights, to_float
 from histosynth.gan.mask_networks import build_mask_discriminator, build_mask_generator, one_hot
-from histosynth.gan.training.loop import (StatsLog, _allreduce_grads, _grid, autocast, ema_update, finish,
-                                          fused_adam, gather_snapshot_state, resume_from, save_png, save_snapshot,
-                                          setup_run, tick_stats, to_uint8, training_tiles)
+from histosynth.gan.training.loop import (
+    StatsLog,
+    _allreduce_grads,
+    _grid,
+    autocast,
+    ema_update,
+    finish,
+    fused_adam,
+    gather_snapshot_state,
+    resume_from,
+    save_png,
+    save_snapshot,
+    setup_run,
+    tick_stats,
+    to_uint8,
+    training_tiles,
+)
 from histosynth.masks.build import load_maps
 from histosynth.masks.labels import LabelSet
 from histosynth.utils import UserError, write_json
@@ -138,7 +152,8 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
         seg = one_hot(seg_u8.to(device), K)
 
         # generator step
-        G.requires_grad_(True); D.requires_grad_(False)
+        G.requires_grad_(True)
+        D.requires_grad_(False)
         opt_G.zero_grad(set_to_none=True)
         with amp():
             z, kl = generator_input(G, real, seg, z_dim, device)
@@ -164,7 +179,8 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
         opt_G.step()
 
         # discriminator step
-        G.requires_grad_(False); D.requires_grad_(True)
+        G.requires_grad_(False)
+        D.requires_grad_(True)
         opt_D.zero_grad(set_to_none=True)
         with amp():
             lf = [f[-1].float() for f in D(fake.detach(), seg)]
