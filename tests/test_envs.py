@@ -39,6 +39,8 @@ def _rules() -> dict[str, dict]:
         blocks = re.split(r"^(?:rule|checkpoint) (\w+):\n", smk.read_text(), flags=re.M)
         for name, body in zip(blocks[1::2], blocks[2::2]):
             body = re.split(r"^\S", body, maxsplit=1, flags=re.M)[0]  # up to the next top-level line
+            if not re.search(r"^    (shell|run|script):", body, flags=re.M):
+                continue  # stage targets (rules/targets.smk) only collect inputs: no command, no environment
             env = re.search(r"^    conda:\n\s+\"\.\./envs/([\w-]+)\.yaml\"", body, flags=re.M)
             stages = set(re.findall(r"-q ([a-z][a-z-]+) ", body))
             modules = set(re.findall(r"python -m (histosynth[\w.]+)", body))
