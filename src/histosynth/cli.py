@@ -524,15 +524,15 @@ def cmd_evaluate(a):
 
 
 def cmd_classify(a):
-    import torch
-
     from histosynth.classify.study import run_study
     from histosynth.evaluate.run import check_field_of_view
     from histosynth.report.plots import study_plot
     from histosynth.slides.store import read_index, write_index
 
     o = _opts(a, "classify")
-    net = torch.load(a.network, map_location="cpu", weights_only=False)
+    from histosynth.gan.checkpoint import load
+
+    net = load(a.network)
     tiles, synthetic = read_index(a.tiles), read_index(a.synthetic)
     check_field_of_view(tiles, synthetic)
     pred, metrics, classes = run_study(tiles, synthetic, net["training_set"]["patients"], o,

@@ -15,7 +15,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-import torch
 
 from histosynth.classify import model as clf
 from histosynth.classify.stats import arm_metrics
@@ -150,15 +149,16 @@ def train_reference(tiles: pd.DataFrame, opts: dict, device="cpu"):
 
 
 def save_reference(model, classes, opts, val_metrics, path):
-    from histosynth.utils import atomic_path
+    from histosynth import torchio
 
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "arch": opts["arch"], "classes": classes,
-                    "val_metrics": val_metrics}, tmp)
+    torchio.save(path, {"state_dict": model.state_dict(), "arch": opts["arch"], "classes": classes,
+                        "val_metrics": val_metrics})
 
 
 def load_reference(path, device="cpu"):
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    from histosynth import torchio
+
+    ck = torchio.load(path, "reference classifier", "re-run the train_reference rule")
     model = clf.build(ck["arch"], len(ck["classes"]))
     model.load_state_dict(ck["state_dict"])
     return model.to(device).eval(), ck["classes"], ck

@@ -140,16 +140,17 @@ def embedding_frame(model: BetaVAE, profiles: pd.DataFrame) -> pd.DataFrame:
 
 
 def save_vae(model: BetaVAE, transform: dict, opts: dict, report: dict, path):
-    from histosynth.utils import atomic_path
+    from histosynth import torchio
 
-    with atomic_path(path) as tmp:
-        torch.save({"state": model.state_dict(), "n_genes": model.n_genes, "hidden": list(opts["hidden"]),
-                    "latent": model.latent, "dropout": opts["dropout"], "transform": transform, "options": opts,
-                    "report": report}, tmp)
+    torchio.save(path, {"state": model.state_dict(), "n_genes": model.n_genes, "hidden": list(opts["hidden"]),
+                        "latent": model.latent, "dropout": opts["dropout"], "transform": transform, "options": opts,
+                        "report": report})
 
 
 def load_vae(path):
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    from histosynth import torchio
+
+    ck = torchio.load(path, "beta-VAE", "re-run the train_vae rule")
     model = BetaVAE(ck["n_genes"], tuple(ck["hidden"]), ck["latent"], ck["dropout"])
     model.load_state_dict(ck["state"])
     model.eval()

@@ -1,5 +1,6 @@
 """Network checkpoints: one file with G, D, G_ema, optimisers, augmentation and RNG states,
-the resolved options and the conditioning spec. Written atomically."""
+the resolved options and the conditioning spec, as tensors and plain data (read with
+``weights_only=True``, see histosynth.torchio). Written atomically."""
 from __future__ import annotations
 
 import random
@@ -7,36 +8,36 @@ import random
 import numpy as np
 import torch
 
+from histosynth import torchio
 from histosynth.gan.conditioning import ConditioningSpec
 from histosynth.gan.networks import Generator
-from histosynth.utils import UserError, atomic_path
 
 
 def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every generator's state as tensors and plain data (numpy's key array as an int64 tensor)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                       int(has_gauss), float(cached)),
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(s):
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(s["python"]))
     if s.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def save(path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    torchio.save(path, state)
 
 
-def load(path, map_location="cpu") -> dict:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise UserError(f"network checkpoint {path} does not exist; run the train_gan rule first") from None
-    except Exception as exc:
-        raise UserError(f"cannot read network checkpoint {path}: {exc}. It may be truncated; re-run train_gan.") from None
+def load(path) -> dict:
+    return torchio.load(path, "network checkpoint", "train it again with the train_gan rule (for a resume point, "
+                        "delete results/gan/<run>/checkpoint.pt to start over)")
 
 
 def generator_from_checkpoint(path, device="cpu"):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from histosynth.utils import atomic_path
+from histosynth import torchio
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,12 @@ class SegNet:
         return np.concatenate(out) if out else np.zeros((0,) + tiles.shape[1:3], np.uint8)
 
     def save(self, path):
-        with atomic_path(path) as tmp:
-            torch.save({"state": self.net.state_dict(), "n_classes": self.n_classes, "resolution": self.resolution,
-                        "ngf": self.ngf}, tmp)
+        torchio.save(path, {"state": self.net.state_dict(), "n_classes": self.n_classes,
+                            "resolution": self.resolution, "ngf": self.ngf})
 
     @classmethod
     def load(cls, path, device="cpu"):
-        d = torch.load(path, map_location="cpu", weights_only=False)
+        d = torchio.load(path, "segmentation network", "re-run the train_segnet rule")
         s = cls(d["n_classes"], d["resolution"], d["ngf"], device)
         s.net.load_state_dict(d["state"])
         s.net.eval()

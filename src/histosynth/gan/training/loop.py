@@ -179,7 +179,7 @@ def resume_from(path: Path, rank: int, sample_gen: torch.Generator, **objects):
     this rank's RNG and batch-sampler states; the checkpoint dict, or None when there is none."""
     if not path.exists():
         return None
-    state = ckpt.load(path, map_location="cpu")
+    state = ckpt.load(path)
     for name, obj in objects.items():
         obj.load_state_dict(state[name])
     ckpt.set_rng_state(state["rng"][rank])

@@ -1,0 +1,74 @@
+"""Network files are data, never code: written as tensors + plain data, read with
+weights_only=True, and a file carrying anything else is refused without running it."""
+import numpy as np
+import pytest
+import torch
+
+from histosynth import torchio
+from histosynth.utils import UserError
+
+
+class _Payload:
+    """Unpickling this runs code (writes a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_numpy_and_paths_become_plain_and_round_trip(tmp_path):
+    from pathlib import Path
+
+    obj = {"w": torch.randn(3), "a": np.arange(4, dtype=np.int32), "s": np.float64(0.5), "p": Path("x/y"),
+           "nested": [(1, "two", None, True)]}
+    torchio.save(tmp_path / "f.pt", obj)
+    back = torch.load(tmp_path / "f.pt", weights_only=True)
+    assert torch.equal(back["w"], obj["w"]) and back["a"].tolist() == [0, 1, 2, 3]
+    assert back["s"] == 0.5 and type(back["s"]) is float and back["p"] == "x/y"
+    assert back["nested"] == [(1, "two", None, True)]
+    with pytest.raises(TypeError, match=r"checkpoint\.bad: object cannot be saved"):
+        torchio.save(tmp_path / "g.pt", {"bad": object()})
+    assert not (tmp_path / "g.pt").exists()
+
+
+def test_a_file_carrying_code_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"G": torch.zeros(1), "x": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="not loaded .reading it could run code"):
+        torchio.load(tmp_path / "evil.pt", "network checkpoint", "train it again")
+    assert not marker.exists()
+    # a file written before safe loading (numpy objects pickled) is refused with the remedy
+    torch.save({"rng": np.random.get_state()}, tmp_path / "old.pt", _use_new_zipfile_serialization=True)
+    with pytest.raises(UserError, match="written by histosynth before safe loading.*re-run train_vae"):
+        torchio.load(tmp_path / "old.pt", "beta-VAE", "re-run train_vae")
+    with pytest.raises(UserError, match="does not exist"):
+        torchio.load(tmp_path / "missing.pt")
+
+
+def test_every_network_file_loads_with_weights_only(tmp_path):
+    """GAN checkpoints (RNG states included), the reference classifier, the beta-VAE and the
+    segmentation network all read back with torch.load(weights_only=True)."""
+    from histosynth.classify.model import build
+    from histosynth.classify.study import load_reference, save_reference
+    from histosynth.gan import checkpoint as ckpt
+    from histosynth.masks.segnet import SegNet
+
+    np.random.seed(3)
+    ckpt.save(tmp_path / "gan.pt", {"rng": [ckpt.rng_state()], "G": {"w": torch.ones(2)}, "options": {"kimg": 1.0}})
+    state = torch.load(tmp_path / "gan.pt", weights_only=True)
+    expected = np.random.rand(3)
+    np.random.seed(99)
+    ckpt.set_rng_state(ckpt.load(tmp_path / "gan.pt")["rng"][0])
+    assert np.array_equal(np.random.rand(3), expected) and state["options"] == {"kimg": 1.0}
+
+    model = build("shufflenet_v2_x0_5", 2)
+    save_reference(model, ["a", "b"], {"arch": "shufflenet_v2_x0_5"}, {"auc": np.float64(0.9)}, tmp_path / "ref.pt")
+    torch.load(tmp_path / "ref.pt", weights_only=True)
+    _, classes, ck = load_reference(tmp_path / "ref.pt")
+    assert classes == ["a", "b"] and ck["val_metrics"]["auc"] == 0.9
+
+    SegNet(3, 16, ngf=8).save(tmp_path / "seg.pt")
+    torch.load(tmp_path / "seg.pt", weights_only=True)
+    assert SegNet.load(tmp_path / "seg.pt").n_classes == 3
