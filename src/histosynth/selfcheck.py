@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
 import tempfile
 import time
@@ -134,8 +135,6 @@ def run_selfcheck(device: str = "auto", outdir=None, steps: int | None = None, r
         outdir = tmp.name
     root = Path(outdir)
     root.mkdir(parents=True, exist_ok=True)
-    import shutil
-
     for old in [*root.glob("gan-*"), root / "generated"]:  # a previous check's runs would be resumed, not trained
         shutil.rmtree(old, ignore_errors=True)
     size["per_class"] = 6 * size["tiles_per_patient"]  # the study's mixed arm needs one synthetic per real tile

@@ -3,9 +3,10 @@
 ``grid_sample``: bilinear sampling of a 4-D image at a grid of points (``F.grid_sample``
 semantics), built so that R1 and path-length penalties can be taken *through* it.
 
-Why: PyTorch's ``grid_sampler_2d_backward`` has no derivative of its own, so any second-order
-penalty taken through ``F.grid_sample`` (R1 through ADA's geometric warp) fails with
-"derivative for aten::grid_sampler_2d_backward is not implemented". Sampling is linear in the
+Why: on CUDA, PyTorch's ``grid_sampler_2d_backward`` has no derivative of its own, so any
+second-order penalty taken through ``F.grid_sample`` (R1 through ADA's geometric warp) fails
+there with "derivative for aten::grid_sampler_2d_backward is not implemented", while the CPU
+kernel has one, so CPU tests pass. Sampling is linear in the
 image, so the gradient with respect to the image is the adjoint (transpose) of sampling applied
 to the incoming gradient, and the derivative of that adjoint with respect to the incoming
 gradient is sampling again. Two autograd functions that call each other as their backward
