@@ -116,3 +116,86 @@ def test_page_round_trips_a_drawn_map_in_headless_chromium(server, network, tmp_
     rows = np.flatnonzero((m == 2).any(1))
     assert len(rows) >= 2 and rows.max() < 16 and (m == 2).sum() > 40 and (m == 0).sum() > 500 and not (m == 1).any()
     np.testing.assert_array_equal(tile, render(G, m[None], [7], len(labels))[0])  # exactly the network's tile
+
+
+def _png_bytes(arr):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _claimed_size(png: bytes, w: int, h: int) -> bytes:
+    """The same PNG with its header claiming w x h pixels (valid CRC): 1 KB on the wire."""
+    import struct
+    import zlib
+
+    ihdr = png[12:29]  # type + data of the IHDR chunk
+    data = struct.pack(">II", w, h) + ihdr[12:]
+    return png[:8] + struct.pack(">I", 13) + b"IHDR" + data + struct.pack(">I", zlib.crc32(b"IHDR" + data)) + png[33:]
+
+
+def _post(url, obj, timeout=60):
+    req = urllib.request.Request(url + "/api/generate", data=json.dumps(obj).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        r = urllib.request.urlopen(req, timeout=timeout)
+        return r.status, json.loads(r.read()), r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), e.headers
+
+
+@pytest.fixture(scope="module")
+def limited(network):
+    from histosynth.draw.server import make_server
+
+    servers = {}
+    for name, kw in {"default": {}, "roomy": {"max_map_px": 100000},
+                     "one": {"max_concurrent": 1, "timeout": 1.0}}.items():
+        srv = make_server([network], port=0, **kw)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers[name] = (srv, f"http://127.0.0.1:{srv.server_address[1]}")
+    yield {k: u for k, (_, u) in servers.items()}
+    for srv, _ in servers.values():
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_oversized_corrupt_and_bomb_maps_are_400_before_decoding(limited):
+    small = _png_bytes(np.full((8, 8, 3), 255, np.uint8))
+    url = lambda b: "data:image/png;base64," + base64.b64encode(b).decode()  # noqa: E731
+    code, body, _ = _post(limited["default"], {"map": url(_claimed_size(small, 20000, 20000))})
+    assert code == 400 and "20000 x 20000 px; the largest accepted is 4096 x 4096" in body["error"]
+    code, body, _ = _post(limited["default"], {"map": url(_claimed_size(small, 4097, 10))})
+    assert code == 400 and "4097 x 10" in body["error"]
+    # with the size limit raised, PIL's decompression-bomb guard answers, still as a 400
+    code, body, _ = _post(limited["roomy"], {"map": url(_claimed_size(small, 20000, 20000))})
+    assert code == 400 and "DecompressionBomb" in body["error"]
+    for bad in (small[:40], b"GIF89a" + small[6:], b"\x00" * 64):
+        code, body, _ = _post(limited["default"], {"map": url(bad)})
+        assert code == 400 and "PNG" in body["error"], body
+    code, body, _ = _post(limited["default"], {"map": "data:image/png;base64,@@@"})
+    assert code == 400
+    code, body, _ = _post(limited["default"], [1, 2])
+    assert code == 400 and "JSON object" in body["error"]
+    code, body, _ = _post(limited["default"], {"map": url(small), "seed": 1})
+    assert code == 200 and sum(body["classes"].values()) == 32 * 32
+
+
+def test_busy_server_answers_503_and_a_stalled_client_is_dropped(limited):
+    import socket
+    import time
+
+    host, port = limited["one"].removeprefix("http://").split(":")
+    stalled = socket.create_connection((host, int(port)))
+    stalled.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n{\"map\": ")  # and never the rest
+    time.sleep(0.3)
+    small = "data:image/png;base64," + base64.b64encode(_png_bytes(np.full((8, 8, 3), 255, np.uint8))).decode()
+    code, body, headers = _post(limited["one"], {"map": small})
+    assert code == 503 and headers["Retry-After"] == "1" and "busy" in body["error"]
+    stalled.settimeout(10)
+    reply = stalled.recv(4096).decode()  # the server gives up on it after its 1 s timeout
+    assert reply.startswith("HTTP/1.0 408") or reply.startswith("HTTP/1.1 408"), reply[:100]
+    stalled.close()
+    code, body, _ = _post(limited["one"], {"map": small})  # the slot is free again
+    assert code == 200

@@ -479,7 +479,8 @@ def cmd_evaluate_layout(a):
 def cmd_draw(a):
     from histosynth.draw.server import serve
 
-    serve(a.network, host=a.host, port=a.port, device=_device(), open_browser=a.open)
+    serve(a.network, host=a.host, port=a.port, device=_device(), open_browser=a.open, max_map_px=a.max_map_px,
+          max_concurrent=a.max_concurrent, timeout=a.timeout)
 
 
 def cmd_train_reference(a):
@@ -737,6 +738,9 @@ def main(argv=None):
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.add_argument("--max-map-px", type=int, default=4096, help="largest map side accepted (px)")
+    p.add_argument("--max-concurrent", type=int, help="generations at once (default: 1 per GPU, else the CPU count)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds a client may take to send its request")
     p.set_defaults(fn=cmd_draw)
     p = sub.add_parser("train-reference", help="train the reference classifier on real training tiles")
     _add_opts(p)
