@@ -88,3 +88,32 @@ def test_server_names_cannot_escape(name, expected):
 def test_unusable_name_rejected():
     with pytest.raises(DownloadError):
         safe_filename("..")
+
+
+def test_local_files_are_verified_once_and_format_problems_say_what_the_file_is(tmp_path, caplog):
+    """A local path is copied and verified once: a file that is not a slide or image fails with
+    what it is and which formats are read (no checksum hint, no second copy); a plain striped
+    TIFF passes the check."""
+    import logging
+
+    import numpy as np
+    import tifffile
+
+    from histosynth.slides.reader import openslide_problem
+
+    text = tmp_path / "notes.svs"
+    text.write_text("{\"this\": \"is json\"}")
+    caplog.set_level(logging.INFO)
+    with pytest.raises(DownloadError) as e:
+        fetch(str(text), tmp_path / "out" / "s.svs", check=openslide_problem, **NOSLEEP)
+    msg = str(e.value)
+    assert "is a JSON document that cannot be read as a slide or image" in msg and "plain images through libvips" in msg
+    assert "md5" not in msg.lower() and "fetching again" not in caplog.text
+    assert not (tmp_path / "out" / "s.svs").exists() and not list((tmp_path / "out").glob("*.partial"))
+    with pytest.raises(DownloadError, match="local file .* does not match the sample sheet .*md5"):
+        fetch(str(text), tmp_path / "out" / "s.svs", md5="0" * 32, **NOSLEEP)
+    assert "fetching again" not in caplog.text
+    striped = tmp_path / "striped.tif"
+    tifffile.imwrite(striped, np.full((256, 256, 3), 180, np.uint8), rowsperstrip=8)
+    res = fetch(str(striped), tmp_path / "out" / "p.tif", check=openslide_problem, **NOSLEEP)
+    assert res.path.exists() and res.attempts == 1

@@ -249,3 +249,47 @@ def test_qc_scores_match_their_definitions():
     green, blue_ink, hema, eosin = [40, 150, 70], [30, 110, 200], [70, 40, 140], [230, 120, 190]
     for colour, expected in ((green, 1.0), (blue_ink, 1.0), (hema, 0.0), (eosin, 0.0)):
         assert tile_scores(np.full((8, 8, 3), colour, np.uint8))["pen_fraction"] == expected, colour
+
+
+def _tissue(px=1024, seed=4):
+    from histosynth.slides.synthetic import SlideSpec, draw_tissue
+
+    return draw_tissue(SlideSpec("PL", "P", "tumor", size_px=px, mpp=0.5, seed=seed))
+
+
+@pytest.mark.parametrize("fmt", ["striped.tif", "png", "jpg"])
+def test_plain_images_tile_as_one_level_slides(tmp_path, fmt):
+    """A striped TIFF, a PNG or a JPEG with an mpp (here tiles.mpp_override) is tiled through
+    libvips: each kept tile is the Lanczos-resampled field of view of the image itself."""
+    import tifffile
+    from PIL import Image
+
+    img = _tissue()
+    p = tmp_path / f"plain.{fmt}"
+    if fmt == "striped.tif":
+        tifffile.imwrite(p, img, rowsperstrip=16)  # not tiled: OpenSlide refuses it
+    else:
+        Image.fromarray(img).save(p, quality=95)
+    assert type(open_slide(p, "PL")).__name__ == "PlainImage"
+    df, store = _run(p, tmp_path, tile_px=64, tile_um=128, mpp_override=1.0)  # 128 px of the image per tile
+    kept = df[df["kept"]]
+    assert len(df) == 64 and len(kept) > 10 and (df["mpp0"] == 1.0).all()
+    src = np.asarray(Image.open(p).convert("RGB"))
+    for _, r in kept.head(5).iterrows():
+        want = np.asarray(Image.fromarray(src[r["y"]:r["y"] + 128, r["x"]:r["x"] + 128]).resize(
+            (64, 64), Image.Resampling.LANCZOS))
+        assert np.abs(store[int(r["page"])].astype(int) - want).max() <= 1
+
+
+def test_plain_image_without_mpp_and_a_non_image_get_clear_errors(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "plain.png"
+    Image.fromarray(_tissue(512)).save(p)
+    with pytest.raises(UserError, match="mpp_override"):
+        _run(p, tmp_path, tile_px=64, tile_um=128)
+    bad = tmp_path / "page.svs"
+    bad.write_text("<html><body>404 Not Found</body></html>")
+    with pytest.raises(UserError, match=r"page.svs is an HTML or XML document .*neither OpenSlide nor libvips.*"
+                                        r"plain images through libvips"):
+        _run(bad, tmp_path, tile_px=64, tile_um=128, mpp_override=0.5)

@@ -152,15 +152,22 @@ def fetch(source: str, dest, *, md5: str | None = None, size: int | None = None,
             problems.append(f"md5 {actual}, expected {md5}")
         if server_md5 and actual != server_md5:
             problems.append(f"md5 {actual}, server's Content-MD5 says {server_md5}")
-        if not problems and check is not None:
-            problem = check(partial)
-            if problem:
-                problems.append(problem)
-        if not problems:
+        format_problem = check(partial) if not problems and check is not None else None
+        if not problems and not format_problem:
             os.replace(partial, dest)
             log.info("%s: verified %s (%d bytes, md5 %s)", label, dest, got, actual)
             return FetchResult(dest, actual, got, attempts, resumed)
         partial.unlink()
+        where = f"local file {local}" if local is not None else f"the file from {_redact(source)}"
+        if format_problem and (md5 or local is not None):
+            # the bytes are the expected ones (or the user's own file): fetching again cannot help
+            raise DownloadError(f"slide {label}: {where}: {format_problem}. Nothing was written to {dest}. Convert "
+                                f"the file or drop the slide from the sample sheet.")
+        if format_problem:
+            problems.append(format_problem)
+        if local is not None:
+            raise DownloadError(f"slide {label}: {where} does not match the sample sheet ({'; '.join(problems)}). "
+                                f"Nothing was written to {dest}. Check the sheet's md5/size for this slide, or the file.")
         verify_failures += 1
         if verify_failures >= 2 or attempts >= max_attempts:
             raise DownloadError(

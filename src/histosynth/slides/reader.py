@@ -1,8 +1,11 @@
-"""Opening slides with OpenSlide: resolution (µm per pixel) and pyramid level choice."""
+"""Opening slides: OpenSlide for whole-slide formats, libvips for plain images (a striped TIFF,
+PNG or JPEG opens as a one-level pyramid); resolution (µm per pixel) and pyramid level choice."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from histosynth.utils import UserError
 
@@ -16,6 +19,90 @@ class LevelChoice:
     stride0: float  # level-0 pixels per tile (the field of view)
 
 
+FORMATS_READ = ("whole-slide formats through OpenSlide (Aperio SVS, Hamamatsu, Leica SCN, MIRAX, Philips TIFF, "
+                "Sakura, Trestle, Ventana, DICOM, generic tiled TIFF) and plain images through libvips (striped or "
+                "tiled TIFF, PNG, JPEG; give their µm per pixel in the manifest's mpp column or tiles.mpp_override)")
+
+_MAGIC = [(b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF file"),
+          (b"MM\x00*", "a TIFF file"), (b"II+\x00", "a BigTIFF file"), (b"MM\x00+", "a BigTIFF file"),
+          (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"),
+          (b"<", "an HTML or XML document (an error page saved as the file?)"), (b"{", "a JSON document")]
+
+
+def describe_file(path) -> str:
+    """What a file looks like from its first bytes, for error messages."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    if not head:
+        return "an empty file"
+    for magic, what in _MAGIC:
+        if head.lstrip()[: len(magic)] == magic:
+            return what
+    return "of an unknown format"
+
+
+class PlainImage:
+    """A plain image opened with libvips, with the part of OpenSlide's interface tiling uses:
+    one level, ``read_region`` (RGBA, transparent outside the image) and ``properties`` (its
+    µm per pixel when the file records a resolution)."""
+
+    def __init__(self, path):
+        import pyvips
+
+        img = pyvips.Image.new_from_file(str(path), access="random")
+        if img.format not in ("uchar", "char"):
+            img = img.colourspace("srgb") if img.interpretation in ("rgb16", "grey16") else img.cast("uchar")
+        if img.bands in (1, 2):
+            img = img.extract_band(0).colourspace("srgb") if img.bands == 2 else img.colourspace("srgb")
+        self._img = img.extract_band(0, n=3).cast("uchar")
+        w, h = self._img.width, self._img.height
+        self.level_count, self.level_dimensions, self.level_downsamples = 1, ((w, h),), (1.0,)
+        self.properties = {"openslide.vendor": "plain image (libvips)", "histosynth.loader": img.get("vips-loader")}
+        if img.xres > 0:
+            self.properties["openslide.mpp-x"] = str(1000.0 / img.xres)  # libvips keeps px per mm
+
+    def read_region(self, location, level, size):
+        from PIL import Image
+
+        (x, y), (w, h) = location, size
+        out = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+        x0, y0 = max(0, x), max(0, y)
+        x1, y1 = min(self._img.width, x + w), min(self._img.height, y + h)
+        if x1 > x0 and y1 > y0:
+            crop = self._img.crop(x0, y0, x1 - x0, y1 - y0)
+            arr = np.ndarray((y1 - y0, x1 - x0, 3), np.uint8, crop.write_to_memory())
+            out.paste(Image.fromarray(arr).convert("RGBA"), (x0 - x, y0 - y))
+        return out
+
+    def close(self):
+        self._img = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_any(path):
+    """An OpenSlide slide, else a PlainImage; raises the problem found (for messages)."""
+    import openslide
+
+    try:
+        return openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError:
+        pass
+    import pyvips
+
+    try:
+        return PlainImage(path)
+    except pyvips.Error as exc:
+        raise ValueError(str(exc).strip().splitlines()[0] if str(exc).strip() else "libvips cannot read it") from None
+
+
 def open_slide(path, slide_id: str | None = None):
     import openslide
 
@@ -23,11 +110,11 @@ def open_slide(path, slide_id: str | None = None):
     if not Path(path).exists():
         raise UserError(f"slide {label}: file {path} does not exist")
     try:
-        return openslide.OpenSlide(str(path))
-    except openslide.OpenSlideUnsupportedFormatError:
-        raise UserError(f"slide {label}: {path} is not a slide format OpenSlide can read (corrupt, truncated "
-                        f"or not a WSI). Re-download it (delete it and re-run its download job) or drop it "
-                        f"from the manifest.") from None
+        return open_any(path)
+    except ValueError:
+        raise UserError(f"slide {label}: {path} is {describe_file(path)} that neither OpenSlide nor libvips can read "
+                        f"(corrupt, truncated, or not an image). histosynth reads {FORMATS_READ}. Replace the file "
+                        f"or drop it from the manifest.") from None
     except openslide.OpenSlideError as exc:
         raise UserError(f"slide {label}: OpenSlide cannot read {path}: {exc}. The file is probably corrupt "
                         f"or truncated; re-download it.") from None
@@ -77,14 +164,14 @@ def choose_level(slide, mpp0: float, tile_um: float, tile_px: int) -> LevelChoic
 
 
 def openslide_problem(path) -> str | None:
-    """None if OpenSlide opens `path` and can read its lowest-resolution level, else the problem."""
-    import openslide
-
+    """None if `path` opens as a slide (OpenSlide) or plain image (libvips) and a patch of its
+    lowest-resolution level decodes, else what the file is and why it cannot be read."""
     try:
-        with openslide.OpenSlide(str(path)) as s:
+        with open_any(path) as s:
             lvl = s.level_count - 1
             w, h = s.level_dimensions[lvl]
             s.read_region((0, 0), lvl, (min(w, 64), min(h, 64)))
     except Exception as exc:  # openslide raises several unrelated types for bad files
-        return f"OpenSlide cannot open it ({type(exc).__name__}: {exc})"
+        return (f"the file is {describe_file(path)} that cannot be read as a slide or image ({type(exc).__name__}: "
+                f"{exc}); histosynth reads {FORMATS_READ}")
     return None
