@@ -40,6 +40,12 @@ def _gan_runs():
 
 
 RUNS = _gan_runs()
+for _name, _o in RUNS.items():
+    if _o["resolution"] != config["tiles"]["tile_px"]:
+        raise ValueError(
+            f"run {_name}: gan.resolution ({_o['resolution']}) must equal tiles.tile_px "
+            f"({config['tiles']['tile_px']}): the GAN trains on the tiles as they are cut"
+        )
 # expression.matrix may be a URL: fetched once into resources/expression/ (rule fetch_expression)
 EXPRESSION_URL = (
     config["expression"]["matrix"]

@@ -22,8 +22,20 @@ def read_manifest(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest {path} does not exist (config key acquire.manifest)")
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"manifest {path} is empty; write a header line ({', '.join(REQUIRED)}, path) and one "
+                        f"line per slide, tab-separated") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"manifest {path} cannot be read as a tab-separated table ({exc}); save it as UTF-8 TSV") from None
+    df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in REQUIRED if c not in df.columns]
+    if missing and len(df.columns) == 1 and any(sep in df.columns[0] for sep in ",;"):
+        sep = "," if "," in df.columns[0] else ";"
+        raise UserError(f"manifest {path} looks {'comma' if sep == ',' else 'semicolon'}-separated (its header is "
+                        f"{df.columns[0]!r}); histosynth reads tab-separated manifests: save it as TSV (tabs between "
+                        f"columns)")
     if missing:
         raise UserError(f"manifest {path}: missing column(s) {missing}; it has {list(df.columns)}. "
                         f"Required: {list(REQUIRED)} and 'path' or 'url' (tab-separated).")
@@ -33,7 +45,9 @@ def read_manifest(path) -> pd.DataFrame:
         raise UserError(f"manifest {path} lists no slides")
     bad = [s for s in df["slide_id"] if not SLIDE_ID.match(s)]
     if bad:
-        raise UserError(f"manifest {path}: slide_id must match [A-Za-z0-9_-]+ (used in file names); bad: {bad[:5]}")
+        raise UserError(f"manifest {path}: slide_id {bad[:5]} cannot be used: slide ids name files and Snakemake "
+                        f"targets, so they may hold only ASCII letters, digits, '_' and '-' (no '/', '..', spaces or "
+                        f"accents). Rename them in the slide_id column (patient_id and label may hold anything).")
     dup = df["slide_id"][df["slide_id"].duplicated()].tolist()
     if dup:
         raise UserError(f"manifest {path}: duplicate slide_id(s) {dup[:5]}")
@@ -59,6 +73,10 @@ def read_manifest(path) -> pd.DataFrame:
     bad_md5 = out["slide_id"][(out["md5"] != "") & ~out["md5"].str.fullmatch(r"[0-9a-fA-F]{32}")].tolist()
     if bad_md5:
         raise UserError(f"manifest {path}: md5 is not 32 hex digits for slide(s) {bad_md5[:5]}")
+    labels = sorted(set(df["label"]))
+    if len(labels) < 2:
+        raise UserError(f"manifest {path}: every slide has the label {labels[0]!r}; the GAN is class-conditional and "
+                        f"the study trains a classifier, so the label column needs at least two classes")
     return out
 
 

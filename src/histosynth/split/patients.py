@@ -33,8 +33,10 @@ def split_patients(sheet: pd.DataFrame, test_fraction: float, val_fraction: floa
         n_test = max(1, int(round(test_fraction * n))) if test_fraction > 0 else 0
         n_val = max(1, int(round(val_fraction * n))) if val_fraction > 0 else 0
         if n - n_test - n_val < 1:
-            raise UserError(f"class {label!r} has {n} patient(s): too few for a test ({n_test}), val ({n_val}) and "
-                            f"training patient. Add patients or lower split.test_fraction / split.val_fraction.")
+            raise UserError(f"class {label!r} has {n} patient(s) ({', '.join(map(str, ids[:5]))}): too few for a test "
+                            f"({n_test}), val ({n_val}) and training patient, since patients are never shared between "
+                            f"partitions. Add patients of this class, or lower split.test_fraction / "
+                            f"split.val_fraction (val_fraction 0 needs two patients per class).")
         part = ["test"] * n_test + ["val"] * n_val + ["train"] * (n - n_test - n_val)
         parts.append(pd.DataFrame({"patient_id": ids, "label": label, "partition": part}))
     return pd.concat(parts, ignore_index=True).sort_values(["partition", "label", "patient_id"]).reset_index(drop=True)
