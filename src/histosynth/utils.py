@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -15,9 +16,11 @@ import numpy as np
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A killed or failing job therefore never leaves a file that looks finished."""
+    A killed or failing job therefore never leaves a file that looks finished; the temporary
+    file a killed process left for the same path is removed when the path is next written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
@@ -25,6 +28,21 @@ def atomic_path(path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Delete `.<name>.<pid>.tmp` beside `path` for processes that no longer run (SIGKILL skips
+    the cleanup in atomic_path)."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = old.name[len(path.name) + 2:-4]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            old.unlink(missing_ok=True)
+        except PermissionError:  # alive, someone else's
+            pass
 
 
 def write_json(path, obj) -> None:

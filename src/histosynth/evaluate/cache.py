@@ -10,13 +10,13 @@ data (the last rename wins)."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from histosynth.slides.store import load_tiles
+from histosynth.utils import atomic_path
 
 
 def file_digest(path, n=12) -> str:
@@ -56,9 +56,9 @@ def cached_features(index: pd.DataFrame, extractor_id: str, compute, cache_dir=N
             cached.update(zip(sub["page"].astype(int).tolist(), feats))
             f.parent.mkdir(parents=True, exist_ok=True)
             keys = sorted(cached)
-            tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, pages=np.array(keys, np.int64), features=np.stack([cached[k] for k in keys]), signature=sig)
-            os.replace(tmp, f)
+            with atomic_path(f) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, pages=np.array(keys, np.int64), features=np.stack([cached[k] for k in keys]),
+                         signature=sig)
         for i, p in zip(grp.index, pages):
             out[i] = cached[int(p)]
     return np.stack(out) if out else np.zeros((0, 0))
