@@ -99,12 +99,12 @@ def main():
         for name, st in zip(names, settings):
             opts = schema_defaults()
             opts.update(p, kimg=kimg, tick_kimg=kimg / 8, snap_kimg=kimg, device="cuda" if cuda else "cpu",
-                        grid_per_class=2, threads=4, tensorboard=False, **st)
+                        grid_per_class=2, tensorboard=False, **st)
             out = tmp / f"run-{name.replace('+', '-')}"
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.time()
-            train(tiles, out, opts, progress=False)
+            train(tiles, out, opts, progress=False, threads=4)
             wall = time.time() - t0
             ticks = [json.loads(x) for x in open(out / "stats.jsonl")][1:]
             ips = statistics.median(t["img_per_sec"] for t in ticks)

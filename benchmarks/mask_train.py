@@ -1,4 +1,4 @@
-"""Training throughput of the label-map-conditioned runs (histosynth.gan.training.mask_loop):
+"""Training throughput of the label-map-conditioned runs (histosynth.gan.training.loop.train_mask):
 SPADE (with and without the style encoder) and pix2pix, on toy tiles painted from random
 layouts, one after another in the same process; each reported as a ratio to the first
 (SPADE, the default), because these machines are noisy.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from toydata import toy_mask_index  # noqa: E402
 
 from histosynth.config import validate  # noqa: E402
-from histosynth.gan.training.mask_loop import train_mask  # noqa: E402
+from histosynth.gan.training.loop import train_mask  # noqa: E402
 from histosynth.masks.labels import AUTO_LABELS  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Which third-party modules each `histosynth <stage>` can import, found statically.
 
-The CLI imports stage code lazily inside each `cmd_*` function, and the stage modules
-import their own dependencies; following those imports (module level and function level
+The CLI maps each command to a stage function (cli.COMMANDS), whose module imports stage code
+lazily inside each function, and the stage modules import their own dependencies; following those imports (module level and function level
 alike) gives everything a stage could need at run time, without importing anything.
 """
 
@@ -86,36 +86,53 @@ def third_party(roots: set[str]) -> set[str]:
     return found
 
 
-def stage_modules() -> dict[str, set[str]]:
-    """`histosynth` subcommand -> the histosynth modules its cmd_* function imports."""
-    tree = ast.parse((SRC / "histosynth" / "cli.py").read_text())
+def _functions(module: str):
+    """(module-level imports, {function name: node}) of a histosynth module."""
+    tree = ast.parse(_module_file(module).read_text())
     funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    module_level = {imp for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
-                    for imp in _imports(n, "histosynth.cli")}
+    top = {imp for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) for imp in _imports(n, module)}
+    return top, funcs
 
-    def reached(name: str, stop=frozenset()) -> set[str]:
-        """cli functions `name` runs: itself and the module-level helpers it calls (not
-        descending into the functions in `stop`)."""
-        out, todo = set(), [name]
-        while todo:
-            f = todo.pop()
-            if f in out:
-                continue
-            out.add(f)
-            if f in stop:
-                continue
-            todo += [n.id for n in ast.walk(funcs[f]) if isinstance(n, ast.Name) and n.id in funcs]
-        return out
 
-    commands = frozenset(f for f in funcs if f.startswith("cmd_"))
-    base = reached("main", commands) - commands  # what every command runs: main and its own helpers
+def _reached(funcs: dict, name: str) -> set[str]:
+    """The functions of one module that `name` runs: itself and the module's functions it calls."""
+    out, todo = set(), [name]
+    while todo:
+        f = todo.pop()
+        if f in out:
+            continue
+        out.add(f)
+        todo += [n.id for n in ast.walk(funcs[f]) if isinstance(n, ast.Name) and n.id in funcs]
+    return out
+
+
+def _commands() -> dict[str, tuple[str, str]]:
+    """`histosynth` subcommand -> (module, function), read from cli.COMMANDS without running it."""
+    tree = ast.parse((SRC / "histosynth" / "cli.py").read_text())
+    table = next(n.value for n in tree.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "COMMANDS" for t in n.targets))
+    out = {}
+    for key, value in zip(table.keys, table.values):
+        target = value.elts[0].value
+        out[key.value] = tuple(target.split(":"))
+    return out
+
+
+def stage_modules() -> dict[str, set[str]]:
+    """`histosynth` subcommand -> the histosynth modules it imports: the CLI's own (parsing and
+    the config sections it resolves) and its stage function's (module level, the function and
+    the module's helpers it calls)."""
+    cli_top, cli_funcs = _functions("histosynth.cli")
+    base = set(cli_top)
+    for f in _reached(cli_funcs, "main"):
+        base |= _imports(cli_funcs[f], "histosynth.cli")
     result = {}
-    for name in funcs:
-        if name.startswith("cmd_"):
-            mods = set(module_level)
-            for f in base | reached(name):
-                mods |= _imports(funcs[f], "histosynth.cli")
-            result[name[4:].replace("_", "-")] = mods
+    for sub, (module, name) in _commands().items():
+        top, funcs = _functions(module)
+        mods = base | top | {module}
+        for f in _reached(funcs, name):
+            mods |= _imports(funcs[f], module)
+        result[sub] = mods
     return result
 
 

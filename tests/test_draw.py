@@ -23,7 +23,7 @@ def network(tmp_path_factory):
     from test_masks import mask_opts
     from toydata import toy_mask_index
 
-    from histosynth.gan.training.mask_loop import train_mask
+    from histosynth.gan.training.loop import train_mask
 
     tmp = tmp_path_factory.mktemp("draw")
     idx, _, _ = toy_mask_index(tmp, 64, 32)
@@ -77,7 +77,7 @@ def test_page_round_trips_a_drawn_map_in_headless_chromium(server, network, tmp_
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from histosynth.gan.training.mask_loop import mask_generator_from_checkpoint
+    from histosynth.gan.checkpoint import load_generator
     from histosynth.generate.from_maps import render
 
     opts = Options()
@@ -109,7 +109,8 @@ def test_page_round_trips_a_drawn_map_in_headless_chromium(server, network, tmp_
         assert driver.find_element(By.ID, "dl_map").get_attribute("download") == "label_map.png"
     finally:
         driver.quit()
-    G, labels, _, _ = mask_generator_from_checkpoint(network)
+    net = load_generator(network)
+    G, labels = net.G, net.labels
     m = labels.from_rgb(seen)
     assert tile.shape == (32, 32, 3) and m.shape == (32, 32)
     # the stroke: nuclei in a horizontal band in the upper half, background elsewhere

@@ -177,7 +177,7 @@ def test_expression_conditioned_gan_makes_class_appropriate_tiles_from_profiles(
     from test_gan import tiny_opts
     from toydata import toy_index
 
-    from histosynth.gan.checkpoint import generator_from_checkpoint
+    from histosynth.gan.checkpoint import load_generator
     from histosynth.gan.training.loop import train
     from histosynth.generate.sample import expression_sets
 
@@ -204,7 +204,8 @@ def test_expression_conditioned_gan_makes_class_appropriate_tiles_from_profiles(
     assert len(joined) == len(index) and joined["expression_key"].str.startswith("TCGA-").all()
     net = train(joined, tmp_path / "run", tiny_opts(kimg=3.0, snap_kimg=3.0, conditioning="expression",
                                                     expression_noise=0.25), progress=False)
-    G, spec, _ = generator_from_checkpoint(net)
+    _net = load_generator(net)
+    G, spec = _net.G, _net.spec
     assert spec.kind == "expression" and spec.dim == 4 and set(spec.extra["table"]) == set(index["patient_id"])
     clf = LogisticRegression(max_iter=2000).fit(tiles.reshape(len(tiles), -1) / 255.0, labels)
 

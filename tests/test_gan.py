@@ -5,7 +5,7 @@ import torch
 from toydata import toy_index
 
 from histosynth.config import validate
-from histosynth.gan.checkpoint import generator_from_checkpoint, load
+from histosynth.gan.checkpoint import load, load_generator
 from histosynth.gan.networks import Discriminator, Generator
 from histosynth.gan.training.loop import train
 
@@ -34,7 +34,8 @@ def test_conditional_gan_learns_toy_classes(tmp_path):
 
     index, tiles, labels = toy_index(tmp_path, 128)
     net = train(index, tmp_path / "run", tiny_opts(kimg=3.0, snap_kimg=3.0), progress=False)
-    G, spec, _ = generator_from_checkpoint(net)
+    _net = load_generator(net)
+    G, spec = _net.G, _net.spec
     clf = LogisticRegression(max_iter=2000).fit(tiles.reshape(len(tiles), -1) / 255.0, labels)
     assert clf.score(tiles.reshape(len(tiles), -1) / 255.0, labels) == 1.0
     accs = {}
@@ -58,7 +59,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     for key in ("G", "D", "G_ema"):
         for k in ca[key]:
             assert torch.equal(ca[key][k], cb[key][k]), (key, k)
-    assert ca["augment"] == cb["augment"]
+    assert ca["loss"]["augment"] == cb["loss"]["augment"]
     opts = json.loads((tmp_path / "b" / "training_options.json").read_text())
     assert opts["n_train_tiles"] == 64 and opts["conditioning_spec"]["categories"]["label"] == ["dark", "light"]
     assert (tmp_path / "b" / "samples" / "reals.png").exists()

@@ -83,11 +83,12 @@ def test_latent_interpolation_grid_and_gif(tmp_path):
     gif = Image.open(tmp_path / "latent.gif")
     assert gif.n_frames == 2 * 5 - 2 and gif.size == (2 * 16, 16)
     # the row's ends are the seeds' own images for that class
-    from histosynth.gan.checkpoint import generator_from_checkpoint
-    from histosynth.gan.training.loop import to_uint8
+    from histosynth.gan.checkpoint import load_generator
     from histosynth.generate.sample import z_from_seeds
+    from histosynth.torch_utils.images import to_uint8
 
-    G, spec, _ = generator_from_checkpoint(net)
+    _net = load_generator(net)
+    G, spec = _net.G, _net.spec
     c = torch.from_numpy(spec.encode(pd.DataFrame([{"label": "dark"}])))
     with torch.no_grad():
         first = to_uint8(G(z_from_seeds([0], G.z_dim), c, noise_mode="const"))[0]

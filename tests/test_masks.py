@@ -163,14 +163,16 @@ def mask_opts(method="spade", **kw):
 def test_mask_model_reproduces_the_layout(tmp_path, method, kimg, floor):
     """Trained on toy tiles painted from random layouts, the generator's tiles for held-out
     maps are segmented back into those maps (mIoU well above a layout-ignoring generator)."""
-    from histosynth.gan.training.mask_loop import mask_generator_from_checkpoint, train_mask
+    from histosynth.gan.checkpoint import load_generator
+    from histosynth.gan.training.loop import train_mask
     from histosynth.generate.from_maps import render
 
     torch.set_num_threads(2)
     idx, tiles, maps = toy_mask_index(tmp_path, 256, 32)
     o, m = mask_opts(method, kimg=kimg)
     net = train_mask(idx, tmp_path / method, o, m, progress=False)
-    G, labels, _, _ = mask_generator_from_checkpoint(net)
+    net = load_generator(net)
+    G, labels = net.G, net.labels
     test = idx.index[idx["partition"] == "test"]
     fake = render(G, maps[test], np.arange(len(test)), 3)
     seg = ColourSegmenter().fit(tiles[idx["partition"] == "train"])
@@ -185,7 +187,7 @@ def test_mask_model_reproduces_the_layout(tmp_path, method, kimg, floor):
 
 def test_mask_resume_equals_uninterrupted(tmp_path):
     from histosynth.gan.checkpoint import load
-    from histosynth.gan.training.mask_loop import train_mask
+    from histosynth.gan.training.loop import train_mask
 
     idx, _, _ = toy_mask_index(tmp_path, 64, 16)
     o, m = mask_opts("spade", resolution=16, kimg=0.2, snap_kimg=0.1, tick_kimg=0.1, batch=8)
@@ -207,8 +209,10 @@ def test_mask_ddp_two_processes_keep_identical_weights(tmp_path):
     o, m = mask_opts("pix2pix", resolution=16, kimg=0.08, snap_kimg=0.04, tick_kimg=0.04, batch=8)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    from histosynth.runs import RunSpec
+
     r = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "histosynth.cli", "-q", "train-gan",
-                        "--options", json.dumps(dict(o, conditioning="none")), "--masks-options", json.dumps(m),
+                        "--run-spec", RunSpec.of_masks(o, m).to_json(),
                         "--tiles", str(tmp_path / "index.parquet"), "--outdir", str(tmp_path / "ddp")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -221,7 +225,7 @@ def test_mask_ddp_two_processes_keep_identical_weights(tmp_path):
 def test_segmentation_network_for_annotation_label_sets(tmp_path):
     """Label sets the colour rule cannot produce are judged by a U-Net trained on real
     training pairs; on held-out toy tiles it recovers the maps."""
-    from histosynth.masks.segnet import SegNet, load_segmenter
+    from histosynth.evaluate.segnet import SegNet, load_segmenter
 
     torch.manual_seed(0)
     idx, tiles, maps = toy_mask_index(tmp_path, 96, 32)

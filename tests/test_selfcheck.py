@@ -5,13 +5,13 @@ import json
 def test_selfcheck_cpu_reports_every_item_and_fails_loudly(tmp_path, monkeypatch):
     """Every item runs for real and reports its speed; a broken item is FAIL with its traceback,
     the others still run, and the command exits 1."""
-    import histosynth.gan.training.mask_loop as mask_loop
+    import histosynth.gan.training.loop as training_loop
     from histosynth.cli import main
 
     def broken(*a, **k):
         raise RuntimeError("injected failure in the mask loop")
 
-    monkeypatch.setattr(mask_loop, "train_mask", broken)
+    monkeypatch.setattr(training_loop, "train_mask", broken)
     try:
         rc = main(["-q", "selfcheck", "--device", "cpu", "--outdir", str(tmp_path / "sc"), "--json",
                    str(tmp_path / "sc.json")])

@@ -27,7 +27,7 @@ def _slurm_up() -> str | None:
 REASON = _slurm_up()
 needs_slurm = pytest.mark.skipif(REASON is not None, reason=f"SLURM end-to-end test skipped: {REASON}")
 SMALL = ["--set-resources"] + [f"{r}:mem_mb=2500" for r in ("train_gan", "generate", "train_reference", "evaluate",
-                                                             "classify", "train_mask_gan", "train_segnet",
+                                                             "classify", "features", "train_segnet",
                                                              "generate_layout", "evaluate_layout")] + \
         ["tile:cpus_per_task=1", "--default-resources", "mem_mb=1000", "runtime=30", "--jobs", "4",
          "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
@@ -45,7 +45,7 @@ def test_tiny_dag_runs_through_sbatch_and_matches_the_local_run(tmp_path):
     logdir = tmp_path / "slurm" / ".snakemake" / "slurm_logs"
     logs = {p.relative_to(logdir).parts[0] for p in logdir.rglob("*.log")}
     assert {"rule_tile", "rule_train_gan", "rule_evaluate", "rule_classify", "rule_report", "rule_label_maps",
-            "rule_train_mask_gan", "rule_evaluate_layout"} <= logs, logs
+            "rule_features", "rule_evaluate_layout"} <= logs, logs
     out = r.stdout + r.stderr
     assert "submitted with SLURM jobid" in out
     ids = [line.split("SLURM jobid ")[1].split()[0] for line in out.splitlines() if "SLURM jobid" in line]

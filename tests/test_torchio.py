@@ -52,15 +52,17 @@ def test_every_network_file_loads_with_weights_only(tmp_path):
     segmentation network all read back with torch.load(weights_only=True)."""
     from histosynth.classify.model import build
     from histosynth.classify.study import load_reference, save_reference
+    from histosynth.evaluate.segnet import SegNet
     from histosynth.gan import checkpoint as ckpt
-    from histosynth.masks.segnet import SegNet
+    from histosynth.torch_utils.snapshot import rng_state, set_rng_state
 
     np.random.seed(3)
-    ckpt.save(tmp_path / "gan.pt", {"rng": [ckpt.rng_state()], "G": {"w": torch.ones(2)}, "options": {"kimg": 1.0}})
+    ckpt.save(tmp_path / "gan.pt", ckpt.training_state("class", rng=[rng_state()], G_ema={"w": torch.ones(2)},
+                                                       options={"kimg": 1.0}))
     state = torch.load(tmp_path / "gan.pt", weights_only=True)
     expected = np.random.rand(3)
     np.random.seed(99)
-    ckpt.set_rng_state(ckpt.load(tmp_path / "gan.pt")["rng"][0])
+    set_rng_state(ckpt.load(tmp_path / "gan.pt")["rng"][0])
     assert np.array_equal(np.random.rand(3), expected) and state["options"] == {"kimg": 1.0}
 
     model = build("shufflenet_v2_x0_5", 2)
@@ -72,3 +74,28 @@ def test_every_network_file_loads_with_weights_only(tmp_path):
     SegNet(3, 16, ngf=8).save(tmp_path / "seg.pt")
     torch.load(tmp_path / "seg.pt", weights_only=True)
     assert SegNet.load(tmp_path / "seg.pt").n_classes == 3
+
+
+def test_first_format_networks_are_converted_and_others_refused(tmp_path):
+    """A network of the first format (before runs were unified) loads as the current one; a file
+    that is not a network, or a newer format, is refused with what to do."""
+    from histosynth.gan import checkpoint as ckpt
+    from histosynth.utils import UserError
+
+    old = {"G": {"w": torch.ones(2)}, "G_ema": {"w": torch.ones(2)}, "options": {"kimg": 1.0},
+           "conditioning": {"kind": "class"}, "augment": {"p": 0.2}, "pl_mean": torch.tensor(1.5),
+           "training_set": {"n_tiles": 3, "patients": ["P1"]}}
+    torch.save(old, tmp_path / "v1.pt")
+    ck = ckpt.load(tmp_path / "v1.pt")
+    assert (ck["format"], ck["version"], ck["kind"]) == ("histosynth-gan", 2, "class")
+    assert ck["loss"]["augment"] == {"p": 0.2} and float(ck["loss"]["pl_mean"]) == 1.5 and "augment" not in ck
+    assert ckpt.read_metadata(tmp_path / "v1.pt")["training_set"]["patients"] == ["P1"]
+    torch.save(dict(old, kind="mask"), tmp_path / "v1-mask.pt")
+    assert ckpt.load(tmp_path / "v1-mask.pt")["kind"] == "mask"
+
+    torch.save({"state_dict": {"w": torch.ones(1)}}, tmp_path / "classifier.pt")
+    with pytest.raises(UserError, match="not a histosynth GAN network"):
+        ckpt.load(tmp_path / "classifier.pt")
+    torch.save(ckpt.training_state("class", G_ema={}, options={}) | {"version": 99}, tmp_path / "future.pt")
+    with pytest.raises(UserError, match="newer than this histosynth reads"):
+        ckpt.load(tmp_path / "future.pt")

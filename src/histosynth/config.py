@@ -189,3 +189,7 @@ def _allowed(spec) -> str:
 
 def _row(name, spec, fmt) -> str:
     return f"| `{name}` | {fmt(spec.get('default'))} | {_allowed(spec)} | {spec.get('description', '')} |"
+
+
+def print_schema_markdown() -> None:
+    print(schema_markdown())

@@ -193,7 +193,7 @@ def run_selfcheck(device: str = "auto", outdir=None, steps: int | None = None, r
 
     def mask_run(method):
         def fn(it):
-            from histosynth.gan.training.mask_loop import train_mask
+            from histosynth.gan.training.loop import train_mask
             from histosynth.masks.labels import AUTO_LABELS
 
             out = root / f"gan-{method}"
@@ -290,3 +290,16 @@ def format_report(report: dict) -> str:
         if it["status"] == "FAIL":
             lines.append(f"\n--- {it['name']} ---\n{it['extra'].get('traceback', it['error'])}")
     return "\n".join(lines)
+
+
+def selfcheck_command(device="auto", outdir=None, steps=None, resolution=None, no_compile=False, json=None,
+                      progress=True):
+    """``histosynth selfcheck``: run, print the report, exit 1 when an item failed."""
+    from histosynth.utils import write_json
+
+    report = run_selfcheck(device, outdir, steps, resolution, compile=not no_compile, progress=progress)
+    print(format_report(report))
+    if json:
+        write_json(json, report)
+    if not report["ok"]:
+        raise SystemExit(1)

@@ -22,28 +22,23 @@ SLIDE_DIR = config["acquire"]["slide_dir"]  # downloads land in SLIDE_DIR/<slide
 # evaluation, the study) when the GAN is given GPUs: they use CUDA whenever it is visible.
 GPU_ONE = min(1, int(config["gan"]["gpus"]))
 
+# Every GAN run, whatever its kind (class, attributes, vector, expression, none, mask), resolved
+# once (histosynth.runs): the {run} wildcard ranges over their names.
+from histosynth.runs import resolve_runs as _resolve_runs
+from histosynth.utils import UserError as _UserError
 
-def _gan_runs():
-    """GAN runs by name: the `gan` run, plus the expression-conditioned run when
-    expression.enabled (its options: gan, overridden by expression.gan)."""
-    runs = {GAN: config["gan"]}
-    ex = config["expression"]
-    if ex["enabled"] and config["gan"]["conditioning"] != "expression":
-        if ex["run_name"] == GAN:
-            raise ValueError(
-                f"expression.run_name {ex['run_name']!r} must differ from gan.name"
-            )
-        o = {k: v for k, v in config["gan"].items()}
-        o.update(ex["gan"], name=ex["run_name"], conditioning="expression")
-        runs[ex["run_name"]] = _hs_validate({"gan": o}, "expression.gan")["gan"]
-    return runs
-
-
-RUNS = _gan_runs()
-for _name, _o in RUNS.items():
-    if _o["resolution"] != config["tiles"]["tile_px"]:
+try:
+    RUNS = _resolve_runs(config)
+except _UserError as _exc:
+    raise ValueError(str(_exc)) from None
+STYLE_RUNS = [r for r, s in RUNS.items() if s.kind != "mask"]
+EXPR_RUNS = [r for r, s in RUNS.items() if s.kind == "expression"]
+MASK_RUN = next((r for r, s in RUNS.items() if s.kind == "mask"), None)
+MASKS = RUNS[MASK_RUN].masks if MASK_RUN else config["masks"]  # labels resolved
+for _name, _spec in RUNS.items():
+    if _spec.gan["resolution"] != config["tiles"]["tile_px"]:
         raise ValueError(
-            f"run {_name}: gan.resolution ({_o['resolution']}) must equal tiles.tile_px "
+            f"run {_name}: gan.resolution ({_spec.gan['resolution']}) must equal tiles.tile_px "
             f"({config['tiles']['tile_px']}): the GAN trains on the tiles as they are cut"
         )
 # expression.matrix may be a URL: fetched once into resources/expression/ (rule fetch_expression)
@@ -57,32 +52,20 @@ EXPRESSION_MATRIX = (
     if EXPRESSION_URL
     else config["expression"]["matrix"]
 )
-EXPR_RUNS = [r for r, o in RUNS.items() if o["conditioning"] == "expression"]
 if EXPR_RUNS and not config["expression"]["matrix"]:
     raise ValueError(
         "an expression-conditioned GAN run needs expression.matrix (a GCT, CSV or STAR manifest)"
     )
+if MASK_RUN and MASKS["source"] == "geojson" and not MASKS["geojson_dir"]:
+    raise ValueError(
+        "masks.source geojson needs masks.geojson_dir (the folder of <slide_id>.geojson files)"
+    )
 
-# The layout-conditioned (label-map) run, when masks.enabled: its own rules (rules/masks.smk),
-# options = gan overridden by masks.gan.
-from histosynth.masks.run import (
-    resolve_labels as _resolve_labels,
-    run_options as _mask_run_options,
-)
 
-MASKS = config["masks"]
-MASK_RUN = MASKS["run_name"] if MASKS["enabled"] else None
-MASK_OPTS = _mask_run_options(config["gan"], MASKS) if MASKS["enabled"] else {}
-if MASKS["enabled"]:
-    _resolve_labels(MASKS)  # a bad label set stops the workflow before any job runs
-    if MASK_RUN in RUNS:
-        raise ValueError(
-            f"masks.run_name {MASK_RUN!r} must differ from the other runs' names {sorted(RUNS)}"
-        )
-    if MASKS["source"] == "geojson" and not MASKS["geojson_dir"]:
-        raise ValueError(
-            "masks.source geojson needs masks.geojson_dir (the folder of <slide_id>.geojson files)"
-        )
+def _one_of(names):
+    """A wildcard constraint matching exactly these names (or nothing)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
 
 # How rules call histosynth. Normally the `histosynth` command installed beside Snakemake.
 # Under `--software-deployment-method conda` each rule runs in its pinned environment from
@@ -104,7 +87,7 @@ DEMO_MANIFEST = str(Path(config["demo"]["outdir"]) / "manifest.tsv")
 
 wildcard_constraints:
     slide="[A-Za-z0-9_-]+",
-    run="|".join(map(re.escape, RUNS)),
+    run=_one_of(RUNS),
 
 
 def opts(section):
@@ -112,39 +95,41 @@ def opts(section):
     return json.dumps(config[section], sort_keys=True)
 
 
-def run_opts(wildcards):
-    return json.dumps(RUNS[wildcards.run], sort_keys=True)
+def run_spec(wildcards):
+    """The run as JSON (histosynth.runs.RunSpec): name, kind, gan options, masks section."""
+    return RUNS[wildcards.run].to_json()
+
+
+def run_gpus(wildcards):
+    return RUNS[wildcards.run].gan["gpus"]
+
+
+def run_gpu_one(wildcards):
+    """One GPU for a run's generation when the run trains on GPUs."""
+    return min(1, run_gpus(wildcards))
 
 
 def gan_inputs(wildcards):
-    inputs = {"tiles": "results/split/tiles.parquet"}
-    if wildcards.run in EXPR_RUNS:
+    kind = RUNS[wildcards.run].kind
+    inputs = {
+        "tiles": (
+            "results/masks/index.parquet"
+            if kind == "mask"
+            else "results/split/tiles.parquet"
+        )
+    }
+    if kind == "expression":
         inputs["embeddings"] = "results/expression/embeddings.parquet"
     return inputs
 
 
 def launcher(wildcards):
-    gpus = RUNS[wildcards.run]["gpus"]
+    gpus = RUNS[wildcards.run].gan["gpus"]
     if gpus > 1:
         return (
             f"{HS_ENV}torchrun --standalone --nproc-per-node {gpus} -m histosynth.cli"
         )
     return HISTOSYNTH
-
-
-def expression_outputs():
-    """What the expression runs add to the report."""
-    out = []
-    for r in EXPR_RUNS:
-        out += [
-            f"results/evaluate/{r}/profiles.json",
-            f"results/evaluate/{r}/metrics.json",
-            f"results/gan/{r}/stats.jsonl",
-            f"results/evaluate/{r}/blend.png",
-        ]
-        if config["expression"]["new_profiles"] or config["expression"]["vae_samples"]:
-            out.append(f"results/generate/{r}/profiles.parquet")
-    return out
 
 
 def sample_sheet():
@@ -215,14 +200,30 @@ def all_label_map_indexes(wildcards):
 
 
 def evaluate_layout_inputs(wildcards):
-    inputs = {
+    return {
         "index": "results/masks/index.parquet",
-        "synthetic": f"results/generate/{MASK_RUN}/synthetic.parquet",
-        "heldout": f"results/generate/{MASK_RUN}/heldout.parquet",
+        "synthetic": f"results/generate/{wildcards.run}/synthetic.parquet",
+        "heldout": f"results/generate/{wildcards.run}/heldout.parquet",
         "segmenter": (
             "results/masks/segmenter.json"
             if MASKS["source"] == "auto"
             else "results/masks/segnet.pt"
+        ),
+        "reference": "results/evaluate/reference_classifier.pt",
+        "features": "results/evaluate/features",
+    }
+
+
+def feature_inputs(wildcards):
+    """What the real-tile features are computed from: the split's tiles (and PanNuke's, whose
+    tiles are not the slides'), the reference classifier, the Inception weights when used.
+    """
+    inputs = {
+        "indexes": ["results/split/tiles.parquet"]
+        + (
+            ["results/masks/index.parquet"]
+            if MASK_RUN and MASKS["source"] == "pannuke"
+            else []
         ),
         "reference": "results/evaluate/reference_classifier.pt",
     }
@@ -231,35 +232,63 @@ def evaluate_layout_inputs(wildcards):
     return inputs
 
 
-def mask_outputs():
-    """What the mask run adds to the report."""
-    if not MASKS["enabled"]:
-        return []
-    return [
-        f"results/evaluate/{MASK_RUN}/layout.json",
-        f"results/evaluate/{MASK_RUN}/triplets.png",
-        f"results/gan/{MASK_RUN}/stats.jsonl",
-    ]
+def report_inputs(wildcards):
+    """Every file the report reads, per run: training options, statistics, sample grids and
+    training curves, the evaluation outputs of its kind, the study and the QC thumbnails.
+    """
+    inputs = {
+        "sheet": "results/acquire/slides.verified.tsv",
+        "tiles": "results/split/tiles.parquet",
+        "metrics": f"results/evaluate/{GAN}/metrics.json",
+        "study": "results/classify/study.json",
+        "study_plot": "results/classify/study.png",
+    }
+    for r, spec in RUNS.items():
+        gan, ev = f"results/gan/{r}", f"results/evaluate/{r}"
+        files = [
+            f"{gan}/training_options.json",
+            f"{gan}/stats.jsonl",
+            f"{ev}/training.png",
+        ]
+        if spec.kind == "mask":
+            files += [f"{ev}/layout.json", f"{ev}/triplets.png"]
+        else:
+            files += [f"{ev}/metrics.json", f"{gan}/samples"]
+            files += [
+                f"{ev}/{f}"
+                for f in ("blend.png", "blend.gif", "latent.png", "latent.gif")
+            ]
+        if spec.kind == "expression":
+            files += [f"{ev}/profiles.json", f"{ev}/heldout.png"]
+            if (
+                config["expression"]["new_profiles"]
+                or config["expression"]["vae_samples"]
+            ):
+                files.append(f"{ev}/profiles.png")
+        inputs[f"run_{r}"] = files
+    if EXPR_RUNS:
+        inputs["vae"] = [
+            "results/expression/vae_report.json",
+            "results/expression/vae.png",
+        ]
+    return inputs
 
 
 def stage_outputs(stage):
     """What the networks / generated / evaluated stage targets ask for, over every run."""
-    runs = list(RUNS) + ([MASK_RUN] if MASK_RUN else [])
     if stage == "networks":
-        return [f"results/gan/{r}/network.pt" for r in runs]
+        return [f"results/gan/{r}/network.pt" for r in RUNS]
     if stage == "generated":
-        return [f"results/generate/{r}/synthetic.parquet" for r in runs]
-    out = [f"results/evaluate/{r}/metrics.json" for r in RUNS]
+        return [f"results/generate/{r}/synthetic.parquet" for r in RUNS]
+    out = [f"results/evaluate/{r}/metrics.json" for r in STYLE_RUNS]
     out += [f"results/evaluate/{r}/profiles.json" for r in EXPR_RUNS]
     return out + ([f"results/evaluate/{MASK_RUN}/layout.json"] if MASK_RUN else [])
 
 
 def evaluate_inputs(wildcards):
-    inputs = {
+    return {
         "tiles": "results/split/tiles.parquet",
         "synthetic": f"results/generate/{wildcards.run}/synthetic.parquet",
         "reference": "results/evaluate/reference_classifier.pt",
+        "features": "results/evaluate/features",
     }
-    if "inception-v3" in config["evaluate"]["extractors"]:
-        inputs["weights"] = config["evaluate"]["inception_weights"]
-    return inputs

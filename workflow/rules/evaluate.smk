@@ -27,18 +27,17 @@ rule fetch_inception:
         "../envs/torch.yaml"
     params:
         hs_env=HS_ENV,
-        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
     shell:
-        "{params.hs_env}python -m histosynth.evaluate.fetch_weights {params.url:q} {output} > {log} 2>&1"
+        "{params.hs_env}python -m histosynth.evaluate.fetch_weights {output} > {log} 2>&1"
 
 
-rule evaluate:
+rule features:
     input:
-        unpack(evaluate_inputs),
+        unpack(feature_inputs),
     output:
-        metrics="results/evaluate/{run}/metrics.json",
+        directory("results/evaluate/features"),
     log:
-        "logs/evaluate/{run}.log",
+        "logs/features.log",
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -48,8 +47,31 @@ rule evaluate:
     params:
         hs=HISTOSYNTH,
         opts=opts("evaluate"),
-        partitions=lambda wc: " ".join(RUNS[wc.run]["train_partitions"]),
+    shell:
+        "{params.hs} -q features --options {params.opts:q} --indexes {input.indexes} --reference {input.reference} "
+        "--out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        metrics="results/evaluate/{run}/metrics.json",
+    log:
+        "logs/evaluate/{run}.log",
+    wildcard_constraints:
+        run=_one_of(STYLE_RUNS),
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=GPU_ONE,
+    params:
+        hs=HISTOSYNTH,
+        opts=opts("evaluate"),
+        partitions=lambda wc: " ".join(RUNS[wc.run].gan["train_partitions"]),
     shell:
         "{params.hs} -q evaluate --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
-        "--reference {input.reference} --real-partitions {params.partitions} --feature-cache results/evaluate/features "
+        "--reference {input.reference} --real-partitions {params.partitions} --features {input.features} "
         "--out {output.metrics} > {log} 2>&1"

@@ -76,18 +76,21 @@ rule generate_heldout:
         index="results/generate/{run}/heldout.parquet",
     log:
         "logs/generate_heldout/{run}.log",
+    wildcard_constraints:
+        run=_one_of(EXPR_RUNS),
     conda:
         "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=lambda wc: min(1, RUNS[wc.run]["gpus"]),
+        gpu=run_gpu_one,
     params:
         hs=HISTOSYNTH,
+        opts=opts("expression"),
         n=config["expression"]["heldout_per_profile"],
     shell:
-        "{params.hs} -q generate-profiles --network {input.network} --tiles {input.tiles} --embeddings {input.embeddings} "
-        "--partitions test --per-profile {params.n} --outdir results/generate/{wildcards.run}/heldout "
+        "{params.hs} -q generate-profiles --options {params.opts:q} --network {input.network} --tiles {input.tiles} "
+        "--embeddings {input.embeddings} --partitions test --per-profile {params.n} --vae-samples 0 --outdir results/generate/{wildcards.run}/heldout "
         "--out-index {output.index} > {log} 2>&1"
 
 
@@ -107,22 +110,23 @@ rule generate_profiles:
         ),
     log:
         "logs/generate_profiles/{run}.log",
+    wildcard_constraints:
+        run=_one_of(EXPR_RUNS),
     conda:
         "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=lambda wc: min(1, RUNS[wc.run]["gpus"]),
+        gpu=run_gpu_one,
     params:
         hs=HISTOSYNTH,
+        opts=opts("expression"),
         profiles=lambda wc, input: (
             f"--profiles {input.profiles}" if input.profiles else ""
         ),
-        k=config["expression"]["vae_samples"],
-        n=config["expression"]["per_profile"],
     shell:
-        "{params.hs} -q generate-profiles --network {input.network} --tiles {input.tiles} --vae {input.vae} "
-        "{params.profiles} --vae-samples {params.k} --out-sampled {output.sampled} --per-profile {params.n} "
+        "{params.hs} -q generate-profiles --options {params.opts:q} --network {input.network} --tiles {input.tiles} "
+        "--vae {input.vae} {params.profiles} --out-sampled {output.sampled} "
         "--outdir results/generate/{wildcards.run}/profiles --out-index {output.index} --grid {output.grid} > {log} 2>&1"
 
 
@@ -132,6 +136,7 @@ rule evaluate_profiles:
         heldout="results/generate/{run}/heldout.parquet",
         reference="results/evaluate/reference_classifier.pt",
         transform="results/expression/transform.json",
+        features="results/evaluate/features",
     output:
         json="results/evaluate/{run}/profiles.json",
         grid=report(
@@ -141,6 +146,8 @@ rule evaluate_profiles:
         ),
     log:
         "logs/evaluate_profiles/{run}.log",
+    wildcard_constraints:
+        run=_one_of(EXPR_RUNS),
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -152,5 +159,5 @@ rule evaluate_profiles:
         opts=opts("evaluate"),
     shell:
         "{params.hs} -q evaluate-profiles --options {params.opts:q} --tiles {input.tiles} --heldout {input.heldout} "
-        "--reference {input.reference} --transform {input.transform} --feature-cache results/evaluate/features "
+        "--reference {input.reference} --transform {input.transform} --features {input.features} "
         "--out {output.json} --grid {output.grid} > {log} 2>&1"

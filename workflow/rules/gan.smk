@@ -1,9 +1,15 @@
+# One rule family for every run, whatever its kind (histosynth.runs): train_gan trains all of them;
+# generate / evaluate serve the StyleGAN2 runs, generate_layout / evaluate_layout the mask run.
+
+
 rule train_gan:
     input:
         unpack(gan_inputs),
     output:
         network=protected("results/gan/{run}/network.pt"),
         stats="results/gan/{run}/stats.jsonl",
+        options="results/gan/{run}/training_options.json",
+        samples=directory("results/gan/{run}/samples"),
     log:
         "logs/train_gan/{run}.log",
     benchmark:
@@ -13,16 +19,16 @@ rule train_gan:
     threads: 2
     resources:
         mem_mb=16000,
-        gpu=lambda wc: RUNS[wc.run]["gpus"],
+        gpu=run_gpus,
     params:
-        opts=run_opts,
-        outdir="results/gan/{run}",
+        spec=run_spec,
+        outdir=lambda wc, output: Path(output.network).parent,
         launcher=launcher,
         embeddings=lambda wc, input: (
             f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else ""
         ),
     shell:
-        "{params.launcher} -q train-gan --options {params.opts:q} --tiles {input.tiles} --outdir {params.outdir} "
+        "{params.launcher} -q train-gan --run-spec {params.spec:q} --tiles {input.tiles} --outdir {params.outdir} "
         "{params.embeddings} --threads {threads} > {log} 2>&1"
 
 
@@ -48,12 +54,14 @@ rule generate:
         latent_gif="results/evaluate/{run}/latent.gif",
     log:
         "logs/generate/{run}.log",
+    wildcard_constraints:
+        run=_one_of(STYLE_RUNS),
     conda:
         "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=lambda wc: min(1, RUNS[wc.run]["gpus"]),
+        gpu=run_gpu_one,
     params:
         hs=HISTOSYNTH,
         opts=opts("generate"),

@@ -95,7 +95,7 @@ rule train_segnet:
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=min(1, MASK_OPTS.get("gpus", 0)) if MASK_OPTS else 0,
+        gpu=GPU_ONE,
     params:
         hs=HISTOSYNTH,
         opts=opts("masks"),
@@ -103,56 +103,32 @@ rule train_segnet:
         "{params.hs} -q train-segnet --options {params.opts:q} --index {input.index} --out {output} > {log} 2>&1"
 
 
-rule train_mask_gan:
-    input:
-        index="results/masks/index.parquet",
-    output:
-        network=protected(f"results/gan/{MASK_RUN}/network.pt"),
-        stats=f"results/gan/{MASK_RUN}/stats.jsonl",
-    log:
-        f"logs/train_gan/{MASK_RUN}.log",
-    benchmark:
-        f"results/benchmarks/train_gan/{MASK_RUN}.tsv"
-    conda:
-        "../envs/torch.yaml"
-    threads: 2
-    resources:
-        mem_mb=16000,
-        gpu=MASK_OPTS.get("gpus", 0),
-    params:
-        opts=json.dumps(MASK_OPTS, sort_keys=True),
-        masks=opts("masks"),
-        outdir=lambda wc, output: Path(output.network).parent,
-        launcher=(
-            f"{HS_ENV}torchrun --standalone --nproc-per-node {MASK_OPTS.get('gpus', 0)} -m histosynth.cli"
-            if MASK_OPTS.get("gpus", 0) > 1
-            else HISTOSYNTH
-        ),
-    shell:
-        "{params.launcher} -q train-gan --options {params.opts:q} --masks-options {params.masks:q} "
-        "--tiles {input.index} --outdir {params.outdir} --threads {threads} > {log} 2>&1"
+# The mask run trains with train_gan (rules/gan.smk) like every run; these are its own
+# generation (from training and held-out label maps) and evaluation (layout fidelity).
 
 
 rule generate_layout:
     input:
-        network=f"results/gan/{MASK_RUN}/network.pt",
+        network="results/gan/{run}/network.pt",
         index="results/masks/index.parquet",
     output:
-        index=f"results/generate/{MASK_RUN}/synthetic.parquet",
-        heldout=f"results/generate/{MASK_RUN}/heldout.parquet",
+        index="results/generate/{run}/synthetic.parquet",
+        heldout="results/generate/{run}/heldout.parquet",
         triplets=report(
-            f"results/evaluate/{MASK_RUN}/triplets.png",
+            "results/evaluate/{run}/triplets.png",
             caption="../report/triplets.rst",
             category="Layout-conditioned run",
         ),
     log:
-        f"logs/generate/{MASK_RUN}.log",
+        "logs/generate/{run}.log",
+    wildcard_constraints:
+        run=_one_of([MASK_RUN]),
     conda:
         "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=min(1, MASK_OPTS.get("gpus", 0)) if MASK_OPTS else 0,
+        gpu=run_gpu_one,
     params:
         hs=HISTOSYNTH,
         opts=opts("masks"),
@@ -167,9 +143,11 @@ rule evaluate_layout:
     input:
         unpack(evaluate_layout_inputs),
     output:
-        f"results/evaluate/{MASK_RUN}/layout.json",
+        "results/evaluate/{run}/layout.json",
     log:
-        f"logs/evaluate/{MASK_RUN}.log",
+        "logs/evaluate/{run}.log",
+    wildcard_constraints:
+        run=_one_of([MASK_RUN]),
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -180,10 +158,9 @@ rule evaluate_layout:
         hs=HISTOSYNTH,
         opts=opts("evaluate"),
         masks=opts("masks"),
-        partitions=" ".join(MASK_OPTS.get("train_partitions", ["train"])),
-        run=MASK_RUN,
+        partitions=lambda wc: " ".join(RUNS[wc.run].gan["train_partitions"]),
     shell:
-        "{params.hs} -q evaluate-layout --options {params.opts:q} --masks-options {params.masks:q} --run {params.run} "
+        "{params.hs} -q evaluate-layout --options {params.opts:q} --masks-options {params.masks:q} --run {wildcards.run} "
         "--index {input.index} --synthetic {input.synthetic} --heldout {input.heldout} --segmenter {input.segmenter} "
-        "--reference {input.reference} --real-partitions {params.partitions} --feature-cache results/evaluate/features "
+        "--reference {input.reference} --real-partitions {params.partitions} --features {input.features} "
         "--out {output} > {log} 2>&1"

@@ -1,14 +1,25 @@
+rule plot_training:
+    input:
+        "results/gan/{run}/stats.jsonl",
+    output:
+        "results/evaluate/{run}/training.png",
+    log:
+        "logs/plot_training/{run}.log",
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        hs=HISTOSYNTH,
+    shell:
+        "{params.hs} -q plot-training --stats {input} --out {output} > {log} 2>&1"
+
+
 rule report:
     input:
-        sheet="results/acquire/slides.verified.tsv",
-        tiles="results/split/tiles.parquet",
-        stats=f"results/gan/{GAN}/stats.jsonl",
-        metrics=f"results/evaluate/{GAN}/metrics.json",
-        blend=f"results/evaluate/{GAN}/blend.png",
-        study="results/classify/study.json",
+        unpack(report_inputs),
         thumbs=all_qc_thumbs,
-        expression=expression_outputs(),
-        masks=mask_outputs(),
     output:
         json="results/report/summary.json",
         html=report(
@@ -27,9 +38,11 @@ rule report:
         hs=HISTOSYNTH,
         gan=GAN,
         run_name=config["run_name"],
-        expression=" ".join(f"--expression-run {r}" for r in EXPR_RUNS),
+        expression=" ".join(f"--expression-run {r}" for r in EXPR_RUNS)
+        + (" --expression-dir results/expression" if EXPR_RUNS else ""),
         masks=f"--mask-run {MASK_RUN}" if MASK_RUN else "",
+        qc_dir="results/tiles/qc",
     shell:
         "{params.hs} -q report --sheet {input.sheet} --tiles {input.tiles} --gan-dir results/gan/{params.gan} "
-        "--gan-run {params.gan} --metrics {input.metrics} --study {input.study} --qc-dir results/tiles/qc "
+        "--gan-run {params.gan} --metrics {input.metrics} --study {input.study} --qc-dir {params.qc_dir} "
         "--out-json {output.json} --out-html {output.html} --run-name {params.run_name:q} {params.expression} {params.masks} > {log} 2>&1"

@@ -76,15 +76,16 @@ class Networks:
     """The offered networks, each read once at start-up, shared by the request threads."""
 
     def __init__(self, paths, device="cpu"):
-        from histosynth.gan.checkpoint import load
-        from histosynth.gan.training.mask_loop import mask_generator_from_checkpoint
+        from histosynth.gan.checkpoint import load, load_generator, require_kind
 
         self.paths = [Path(p) for p in paths]
         self.device = device
         self.meta, self._G, self._lock = [], [], threading.Lock()
         for p in self.paths:
             ck = load(p)
-            self._G.append(mask_generator_from_checkpoint(p, device, ck))
+            net = load_generator(p, device, ck)
+            require_kind(net, ("mask",), "the drawing page")
+            self._G.append(net)
             self.meta.append({"id": len(self.meta), "name": p.parent.name or p.name, "path": str(p),
                               "labels": ck["labels"], "resolution": ck["options"]["resolution"],
                               "method": ck["mask_options"]["method"], "kimg": ck["cur_nimg"] / 1000})
@@ -99,8 +100,8 @@ class Networks:
 
         if not 0 <= i < len(self.paths):
             raise ValueError(f"no network {i}")
-        G, labels, opts, _ = self.generator(i)
-        res = opts["resolution"]
+        net = self.generator(i)
+        G, labels, res = net.G, net.labels, net.options["resolution"]
         rgb = np.asarray(Image.fromarray(drawn_rgb).resize((res, res), Image.Resampling.NEAREST))
         m = labels.from_rgb(rgb)
         with self._lock:  # one forward pass at a time: torch CPU already uses every core
@@ -214,3 +215,12 @@ def serve(network_paths, host="127.0.0.1", port=8765, device="cpu", open_browser
         pass
     finally:
         srv.server_close()
+
+
+def draw_command(network, host="127.0.0.1", port=8765, open=False, max_map_px=MAX_MAP_PX, max_concurrent=None,
+                 timeout=30.0):
+    """``histosynth draw``: serve the page for these mask-run networks on the visible GPU, else the CPU."""
+    from histosynth.torch_utils.distributed import default_device
+
+    serve(network, host=host, port=port, device=default_device(), open_browser=open, max_map_px=max_map_px,
+          max_concurrent=max_concurrent, timeout=timeout)

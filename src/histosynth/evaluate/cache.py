@@ -32,9 +32,11 @@ def _signature(store: Path) -> np.ndarray:
     return np.array([st.st_size, st.st_mtime_ns], np.int64)
 
 
-def cached_features(index: pd.DataFrame, extractor_id: str, compute, cache_dir=None) -> np.ndarray:
+def cached_features(index: pd.DataFrame, extractor_id: str, compute, cache_dir=None, write: bool = True) -> np.ndarray:
     """Features of the tiles named by `index` (rows: `store`, `page`), in index order.
-    `compute(tiles_uint8) -> (n, d) array`. Without `cache_dir`, computes everything."""
+    `compute(tiles_uint8) -> (n, d) array`. Without `cache_dir`, computes everything; with
+    `write` false the cache is only read (the workflow's evaluation rules: the features rule
+    owns the folder)."""
     if cache_dir is None:
         return compute(load_tiles(index))
     index = index.reset_index(drop=True)
@@ -54,6 +56,7 @@ def cached_features(index: pd.DataFrame, extractor_id: str, compute, cache_dir=N
             sub = grp[grp["page"].astype(int).isin(need)].drop_duplicates("page")
             feats = compute(load_tiles(sub))
             cached.update(zip(sub["page"].astype(int).tolist(), feats))
+        if need and write:
             f.parent.mkdir(parents=True, exist_ok=True)
             keys = sorted(cached)
             with atomic_path(f) as tmp, open(tmp, "wb") as fh:

@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from histosynth.evaluate.fetch_weights import INCEPTION_URL
 from histosynth.utils import UserError
-
-INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-                 "weights-inception-2015-12-05-6726825d.pth")
 
 
 def inception_extractor(weights_path):
@@ -45,10 +43,11 @@ def inception_features(extractor, tiles_uint8: np.ndarray, batch=64, device="cpu
     return torch.cat(out).numpy()
 
 
-def extract(indexes: list, extractor: str, opts: dict, reference: str, device="cpu", cache_dir=None) -> list:
+def extract(indexes: list, extractor: str, opts: dict, reference: str, device="cpu", cache_dir=None,
+            write_cache: bool = False) -> list:
     """Features of each index's tiles by `extractor` (inception-v3 | domain), with the network
-    loaded and its weights hashed once; cached per tile store when `cache_dir` is given (see
-    histosynth.evaluate.cache)."""
+    loaded and its weights hashed once; taken from the cache folder `cache_dir` where it holds
+    them, and written into it too with `write_cache` (see histosynth.evaluate.cache)."""
     from histosynth.evaluate.cache import cached_features, file_digest
 
     if extractor == "domain":
@@ -61,4 +60,4 @@ def extract(indexes: list, extractor: str, opts: dict, reference: str, device="c
         ext = inception_extractor(opts["inception_weights"])
         ex_id = f"inception-v3-{file_digest(opts['inception_weights'])}"
         fn = lambda x: inception_features(ext, x, device=device)  # noqa: E731
-    return [cached_features(index, ex_id, fn, cache_dir) for index in indexes]
+    return [cached_features(index, ex_id, fn, cache_dir, write=write_cache) for index in indexes]

@@ -1,4 +1,4 @@
-"""Download torch-fidelity's Inception-v3 weights once, verified (``python -m histosynth.evaluate.fetch_weights URL DEST``).
+"""Download torch-fidelity's Inception-v3 weights once, verified (``python -m histosynth.evaluate.fetch_weights DEST [URL]``).
 
 torch-fidelity names the file by the first 8 hex digits of its SHA-256; the file is accepted
 only if its SHA-256 starts with them."""
@@ -10,8 +10,11 @@ import sys
 from histosynth.acquire.download import fetch, file_hash
 from histosynth.utils import UserError
 
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 "weights-inception-2015-12-05-6726825d.pth")
 
-def main(url, dest):
+
+def main(dest, url=INCEPTION_URL):
     m = re.search(r"-([0-9a-f]{8})\.pth$", url)
     res = fetch(url, dest, label="inception-v3 weights")
     digest = file_hash(res.path, "sha256")

@@ -101,3 +101,12 @@ def concordance(prob: np.ndarray, intended: np.ndarray, strong_threshold: float)
     p_int = prob[np.arange(len(prob)), intended]
     return {"weak": float((pred == intended).mean()), "strong": float((p_int >= strong_threshold).mean()),
             "strong_threshold": strong_threshold, "n": int(len(prob))}
+
+
+def class_concordance(prob: np.ndarray, labels, classes: list, strong_threshold: float) -> dict:
+    """:func:`concordance` of generated tiles whose intended classes are `labels` (names from
+    `classes`, the classifier's outputs), with the weak concordance of each class."""
+    intended = np.array([classes.index(v) for v in labels])
+    out = concordance(prob, intended, strong_threshold)
+    out["per_class"] = {c: float((prob.argmax(1) == intended)[intended == i].mean()) for i, c in enumerate(classes)}
+    return out

@@ -1,55 +1,116 @@
-"""Network checkpoints: one file with G, D, G_ema, optimisers, augmentation and RNG states,
-the resolved options and the conditioning spec, as tensors and plain data (read with
-``weights_only=True``, see histosynth.torchio). Written atomically."""
+"""Network checkpoints, one format for every kind of run.
+
+A checkpoint (``checkpoint.pt``, the resume point, and ``network.pt``, the final one) is a dict
+of tensors and plain data, read with ``torch.load(weights_only=True)`` (histosynth.torchio), so
+opening a network file someone sent you cannot execute code from it:
+
+  format, version        "histosynth-gan", 2
+  kind                   class | attributes | vector | expression | none | mask
+  G, D, G_ema            state dicts
+  opt_G, opt_D, loss     optimiser states; the loss object's state (ADA p, path-length mean)
+  cur_nimg, step, rng, sample_gen   progress and every rank's random-number states
+  options                the run's resolved gan options
+  conditioning           (StyleGAN2 kinds) the conditioning spec
+  mask_options, labels, z_dim       (mask runs) the masks section, label set, style-code size
+  training_set           {"n_tiles", "patients"}: whom the network has seen
+
+:func:`load_generator` builds the EMA generator of any kind from it. Checkpoints of the first
+format (before runs were unified: no ``format`` key) are read and converted on loading.
+"""
 from __future__ import annotations
 
-import random
+from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import torch
 
 from histosynth import torchio
-from histosynth.gan.conditioning import ConditioningSpec
-from histosynth.gan.networks import Generator
+from histosynth.utils import UserError
+
+FORMAT, VERSION = "histosynth-gan", 2
+HINT = ("train it again with the train_gan rule (for a resume point, delete results/gan/<run>/checkpoint.pt to "
+        "start over)")
 
 
-def rng_state():
-    """Every generator's state as tensors and plain data (numpy's key array as an int64 tensor)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
-                                                       int(has_gauss), float(cached)),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    name, keys, pos, has_gauss, cached = s["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(tuple(s["python"]))
-    if s.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+def training_state(kind: str, **fields) -> dict:
+    return {"format": FORMAT, "version": VERSION, "kind": kind, **fields}
 
 
 def save(path, state: dict) -> None:
     torchio.save(path, state)
 
 
+def _upgrade(ck: dict, path) -> dict:
+    """The current format from a checkpoint of any earlier one; refuses what is not a network."""
+    if ck.get("format") == FORMAT:
+        if ck.get("version", 0) > VERSION:
+            raise UserError(f"{path}: network format version {ck['version']} is newer than this histosynth reads "
+                            f"({VERSION}); update histosynth")
+        return ck
+    if not {"G_ema", "options"} <= set(ck):
+        raise UserError(f"{path} is not a histosynth GAN network (no G_ema/options); give a results/gan/<run>/network.pt")
+    ck = dict(ck)  # version 1: the mask run marked itself kind "mask"; ADA state and pl_mean at the top level
+    kind = "mask" if ck.get("kind") == "mask" else ck["conditioning"]["kind"]
+    loss = {k: ck.pop(k) for k in ("augment", "pl_mean") if k in ck}
+    return training_state(kind, **{k: v for k, v in ck.items() if k != "kind"}, loss=loss)
+
+
 def load(path) -> dict:
-    return torchio.load(path, "network checkpoint", "train it again with the train_gan rule (for a resume point, "
-                        "delete results/gan/<run>/checkpoint.pt to start over)")
+    return _upgrade(torchio.load(path, "network checkpoint", HINT), path)
 
 
-def generator_from_checkpoint(path, device="cpu"):
-    """(G_ema, conditioning spec, options) from a checkpoint: all generation needs."""
-    ck = load(path)
+def read_metadata(path) -> dict:
+    """The checkpoint's plain data (kind, options, conditioning, training set...) without reading
+    its weights into memory (memory-mapped)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format file: torchio.load says what is wrong with it
+        ck = torchio.load(path, "network checkpoint", HINT)
+    ck = _upgrade(ck, path)
+    return {k: v for k, v in ck.items() if k not in ("G", "D", "G_ema", "opt_G", "opt_D", "rng", "sample_gen")}
+
+
+@dataclass
+class Network:
+    """A trained generator and what generation needs to drive it."""
+
+    G: torch.nn.Module  # G_ema, in eval mode, no gradients
+    kind: str
+    options: dict
+    spec: object | None = None  # ConditioningSpec (StyleGAN2 kinds)
+    labels: object | None = None  # LabelSet (mask runs)
+    mask_options: dict | None = None
+    z_dim: int = 0
+    path: Path | None = None
+
+
+def load_generator(path, device="cpu", ck: dict | None = None) -> Network:
+    """The EMA generator of the network at `path`, of any kind (`ck`: the checkpoint already
+    loaded from `path`, so it is not read twice)."""
+    ck = _upgrade(ck, path) if ck is not None else load(path)
     opts = ck["options"]
-    spec = ConditioningSpec.from_dict(ck["conditioning"])
-    G = build_generator(opts, spec.dim)
-    G.load_state_dict(ck["G_ema"])
-    return G.to(device).eval().requires_grad_(False), spec, opts
+    if ck["kind"] == "mask":
+        from histosynth.gan.mask_networks import build_mask_generator
+        from histosynth.masks.labels import LabelSet
+
+        labels = LabelSet.from_config(ck["labels"])
+        G = build_mask_generator(ck["mask_options"], len(labels), opts["resolution"], ck["z_dim"])
+        net = Network(G, "mask", opts, labels=labels, mask_options=ck["mask_options"], z_dim=ck["z_dim"])
+    else:
+        from histosynth.gan.conditioning import ConditioningSpec
+        from histosynth.gan.networks import build_generator
+
+        spec = ConditioningSpec.from_dict(ck["conditioning"])
+        net = Network(build_generator(opts, spec.dim), spec.kind, opts, spec=spec, z_dim=opts["z_dim"])
+    net.G.load_state_dict(ck["G_ema"])
+    net.G = net.G.to(device).eval().requires_grad_(False)
+    net.path = Path(path)
+    return net
 
 
-def build_generator(opts, c_dim):
-    return Generator(opts["z_dim"], c_dim, opts["w_dim"], opts["resolution"], opts["channel_base"],
-                     opts["channel_max"], opts["mapping_layers"])
+def require_kind(net: Network, kinds, what: str) -> None:
+    """A clear error when `net` is not of one of `kinds` (e.g. a mask network given to class generation)."""
+    if net.kind not in kinds:
+        hint = ("pick a mask run's network.pt (masks.enabled, results/gan/<masks.run_name>/network.pt)" if "mask" in kinds
+                else "pick a StyleGAN2 run's network.pt (results/gan/<gan.name>/network.pt)")
+        raise UserError(f"{net.path} is a {net.kind!r} network; {what} needs {' or '.join(map(repr, kinds))}: {hint}")

@@ -1,4 +1,5 @@
-"""StyleGAN2 losses: non-saturating logistic, lazy R1 on reals, optional path-length penalty."""
+"""GAN losses: StyleGAN2 (non-saturating logistic, lazy R1 on reals, path-length penalty) and the
+label-map runs' SPADE and pix2pix losses, as loss objects the one training loop runs."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,3 +32,136 @@ def path_length_penalty(G, z, c, pl_mean: torch.Tensor, decay=0.01):
     lengths = grad.square().sum(2).mean(1).sqrt()
     new_mean = pl_mean.lerp(lengths.mean().detach(), decay)
     return (lengths - new_mean).square().mean(), new_mean
+
+
+# Loss objects: what the training loop (histosynth.gan.training.loop) runs, in the manner of
+# stylegan2-ada's StyleGAN2Loss. The loop calls `accumulate_gradients(phase, batch, do_reg)`
+# for each phase of `phases` in order (it zeroes the phase's gradients before, all-reduces and
+# steps its optimiser after); `do_reg` is true every `interval` steps of that phase's lazy
+# regulariser. The returned dict holds detached 0-d tensors, averaged into stats.jsonl per tick.
+
+
+class StyleGAN2Loss:
+    """Non-saturating logistic loss through the discriminator augmentation, lazy R1 on reals
+    (phase D), path-length regularisation (phase G), and ADA's r_t fed back after each D step."""
+
+    stat_keys = ("loss_G", "loss_D", "r1", "pl", "rt")
+
+    def __init__(self, G, D, G_fwd, D_fwd, aug, opts: dict, amp, reduce, device):
+        self.G, self.D, self.G_fwd, self.D_fwd, self.aug = G, D, G_fwd, D_fwd, aug
+        self.o, self.amp, self.reduce = opts, amp, reduce
+        self.pl_mean = torch.zeros([], device=device)
+
+    def phases(self):
+        """(name, lazy-regularisation interval or 0): G with path length, D with R1."""
+        o = self.o
+        return [("G", o["pl_interval"] if o["pl_weight"] > 0 else 0), ("D", o["r1_interval"] if o["r1_gamma"] > 0 else 0)]
+
+    def accumulate_gradients(self, phase: str, batch: dict, do_reg: bool) -> dict:
+        o, out = self.o, {}
+        if phase == "G":
+            with self.amp():
+                batch["fake"] = self.G_fwd(batch["z"], batch["c_fake"], update_w_avg=True)
+                loss = g_main_loss(self.D_fwd, batch["fake"], batch["c_fake"], self.aug)
+            loss.backward()
+            out["loss_G"] = loss.detach()
+            if do_reg:
+                n = max(1, batch["z"].shape[0] // 2)
+                pen, self.pl_mean = path_length_penalty(self.G, batch["z"][:n], batch["c_fake"][:n], self.pl_mean)
+                (pen * o["pl_weight"] * o["pl_interval"]).backward()
+                out["pl"] = pen.detach()
+            return out
+        with self.amp():
+            loss, d_real = d_main_loss(self.D_fwd, batch["real"], batch["fake"], batch["c_real"], batch["c_fake"], self.aug)
+        loss.backward()
+        out["loss_D"] = loss.detach()
+        if do_reg:
+            r1 = r1_penalty(self.D, batch["real"], batch["c_real"], self.aug)
+            (r1 * (o["r1_gamma"] / 2) * o["r1_interval"]).backward()
+            out["r1"] = r1.detach()
+        rt = self.aug.observe(d_real, o["batch"], self.reduce)
+        if rt is not None:
+            out["rt"] = rt
+        return out
+
+    def tick_extra(self) -> dict:
+        return {"augment_p": self.aug.p}
+
+    def state_dict(self) -> dict:
+        return {"augment": self.aug.state_dict(), "pl_mean": self.pl_mean.cpu()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.aug.load_state_dict(s["augment"])
+        self.pl_mean = s["pl_mean"].to(self.pl_mean.device)
+
+
+class LabelMapLoss:
+    """Label-map-conditioned losses. spade: hinge adversarial loss, discriminator feature
+    matching (``lambda_fm``) and, with the style encoder, a KL term (``lambda_kl``); SPADE's VGG
+    perceptual loss is left out (it needs ImageNet weights an offline cluster cannot download).
+    pix2pix: the non-saturating (BCE) adversarial loss plus ``lambda_l1`` x L1 to the real tile.
+    Discriminators are multi-scale: each returns a list of feature lists, logits last."""
+
+    stat_keys = ("loss_G", "loss_D", "g_adv", "g_fm", "g_l1", "g_kl", "d_real", "d_fake")
+
+    def __init__(self, G, D, mopts: dict, z_dim: int, amp):
+        self.G, self.D, self.m, self.z_dim, self.amp = G, D, mopts, z_dim, amp
+
+    def phases(self):
+        return [("G", 0), ("D", 0)]
+
+    def _style(self, real):
+        """(z, kl): the style code of each real tile through the encoder (SPADE with encoder),
+        else Gaussian noise; pix2pix takes none."""
+        if self.z_dim == 0:
+            return None, None
+        if getattr(self.G, "encoder", None) is not None:
+            mu, logvar = self.G.encoder(real)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            return z, -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+        return torch.randn(real.shape[0], self.z_dim, device=real.device), None
+
+    def accumulate_gradients(self, phase: str, batch: dict, do_reg: bool) -> dict:
+        real, seg, m, D = batch["real"], batch["seg"], self.m, self.D
+        if phase == "G":
+            with self.amp():
+                z, kl = self._style(real)
+                fake = batch["fake"] = self.G(seg, z)
+                d_fake = D(fake, seg)
+                parts = {}
+                if m["method"] == "spade":
+                    parts["g_adv"] = -sum(f[-1].float().mean() for f in d_fake) / len(d_fake)
+                    with torch.no_grad():
+                        d_real = D(real, seg)
+                    fm = sum(F.l1_loss(a.float(), b.float().detach()) for fs, rs in zip(d_fake, d_real)
+                             for a, b in zip(fs[:-1], rs[:-1]))
+                    parts["g_fm"] = m["lambda_fm"] * fm / len(d_fake)
+                    if kl is not None:
+                        parts["g_kl"] = m["lambda_kl"] * kl.float()
+                else:
+                    parts["g_adv"] = sum(F.binary_cross_entropy_with_logits(f[-1].float(), torch.ones_like(f[-1].float()))
+                                         for f in d_fake) / len(d_fake)
+                    parts["g_l1"] = m["lambda_l1"] * F.l1_loss(fake.float(), real)
+                loss = sum(parts.values())
+            loss.backward()
+            return {"loss_G": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
+        with self.amp():
+            lf = [f[-1].float() for f in D(batch["fake"].detach(), seg)]
+            lr = [f[-1].float() for f in D(real, seg)]
+            if m["method"] == "spade":
+                loss = sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(lr, lf)) / len(lr)
+            else:
+                loss = 0.5 * sum(F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                                 + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)) for r, f in zip(lr, lf)) / len(lr)
+        loss.backward()
+        return {"loss_D": loss.detach(), "d_real": torch.stack([r.detach().mean() for r in lr]).mean(),
+                "d_fake": torch.stack([f.detach().mean() for f in lf]).mean()}
+
+    def tick_extra(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, s: dict) -> None:
+        pass

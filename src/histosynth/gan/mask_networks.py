@@ -113,7 +113,7 @@ class SPADEGenerator(nn.Module):
 
 class UNetGenerator(nn.Module):
     """pix2pix's U-Net, down to 2x2 (instance norm needs more than one pixel). With
-    ``out_ch=K, tanh=False`` it is the segmentation network of histosynth.masks.segnet."""
+    ``out_ch=K, tanh=False`` it is the segmentation network of histosynth.evaluate.segnet."""
 
     def __init__(self, label_nc, resolution, ngf=64, dropout=0.5, out_ch=3, tanh=True):
         super().__init__()

@@ -243,3 +243,9 @@ class Discriminator(nn.Module):
         if self.c_dim:
             x = (x * self.cmap(c).to(x.dtype)).sum(dim=1, keepdim=True) / np.sqrt(self.cmap_dim)
         return x
+
+
+def build_generator(opts: dict, c_dim: int) -> Generator:
+    """The generator of a run's gan options for conditions of size `c_dim`."""
+    return Generator(opts["z_dim"], c_dim, opts["w_dim"], opts["resolution"], opts["channel_base"],
+                     opts["channel_max"], opts["mapping_layers"])

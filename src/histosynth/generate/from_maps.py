@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from histosynth.gan.checkpoint import load_generator, require_kind
 from histosynth.gan.mask_networks import one_hot
-from histosynth.gan.training.loop import to_uint8
 from histosynth.generate.sample import z_from_seeds
 from histosynth.masks.build import load_maps
 from histosynth.slides.store import TileStoreWriter, load_tiles, write_index
+from histosynth.torch_utils.images import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,9 @@ def generate_from_maps(network, maps_index: pd.DataFrame, out_store, out_index, 
                        batch: int = 64, device="cpu", name="layout", progress=True) -> pd.DataFrame:
     from tqdm import tqdm
 
-    from histosynth.gan.training.mask_loop import mask_generator_from_checkpoint
-
-    G, labels, opts, _ = mask_generator_from_checkpoint(network, device)
+    net = load_generator(network, device)
+    require_kind(net, ("mask",), "generation from label maps")
+    G, labels = net.G, net.labels
     src = maps_index.reset_index(drop=True)
     src = src.loc[src.index.repeat(per_map)].reset_index(drop=True)
     seeds = seed0 + np.arange(len(src))

@@ -16,12 +16,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from histosynth.gan.checkpoint import generator_from_checkpoint
-from histosynth.gan.training.loop import to_uint8
+from histosynth.gan.checkpoint import load_generator, require_kind
+from histosynth.images import grid, save_png
+from histosynth.runs import STYLEGAN2_KINDS
 from histosynth.slides.store import TileStoreWriter, read_index, write_index
+from histosynth.torch_utils.images import to_uint8
 from histosynth.utils import UserError
 
 log = logging.getLogger(__name__)
+
+
+def stylegan2_network(network, device="cpu"):
+    """(G_ema, conditioning spec, options) of a StyleGAN2 run's network file."""
+    net = load_generator(network, device)
+    require_kind(net, STYLEGAN2_KINDS, "generation from conditions")
+    return net.G, net.spec, net.options
 
 
 def z_from_seeds(seeds, z_dim) -> torch.Tensor:
@@ -131,7 +140,7 @@ def expression_sets(spec, per_class: int, seed0: int) -> list[dict]:
 @torch.no_grad()
 def generate(network, outdir, per_class: int, *, truncation=1.0, seed0=0, batch=64, device="cpu",
              tile_meta: dict | None = None, progress=True, fov_um=None, out_px=None) -> pd.DataFrame:
-    G, spec, opts = generator_from_checkpoint(network, device)
+    G, spec, opts = stylegan2_network(network, device)
     post, tile_meta = field_of_view(tile_meta or {}, fov_um, out_px)
     if spec.kind == "expression":
         sets = expression_sets(spec, per_class, seed0)
@@ -147,11 +156,10 @@ def save_frames(frames: list, out_png, out_gif=None):
     as a GIF playing the frames forth and back (ends not repeated; PIL merges equal frames)."""
     from PIL import Image
 
-    from histosynth.gan.training.loop import _grid, save_png
     from histosynth.utils import atomic_path
 
     stack = np.stack(frames, 1).reshape(-1, *frames[0].shape[1:])
-    save_png(_grid(stack, len(frames[0])), out_png)
+    save_png(grid(stack, len(frames[0])), out_png)
     if out_gif:
         strips = [Image.fromarray(np.concatenate(list(f), 1)) for f in frames]
         strips = strips + strips[-2:0:-1]
@@ -164,7 +172,7 @@ def class_blend_grid(network, out_png, out_gif=None, seeds=(0, 1, 2, 3), steps=8
     """Dolezal et al.'s class blending: for each seed, the same z with the condition embedding
     moved linearly from the first class to the second in `steps` steps (rows: seeds)."""
 
-    G, spec, _ = generator_from_checkpoint(network, device)
+    G, spec, _ = stylegan2_network(network, device)
     if spec.kind == "expression":  # from a profile of the first class to one of the second
         table = spec.extra["table"]
         labels = sorted({v["label"] for v in table.values()})
@@ -214,7 +222,7 @@ def latent_interpolation(network, out_png, out_gif=None, seeds=(0, 1), steps=8, 
     seed A's to seed B's in `steps` steps (columns); the condition stays fixed. The GIF plays
     the columns as frames (all conditions side by side), forth and back."""
 
-    G, spec, _ = generator_from_checkpoint(network, device)
+    G, spec, _ = stylegan2_network(network, device)
     names, c = _interpolation_conditions(spec)
     za, zb = z_from_seeds(list(seeds)[:2], G.z_dim)
     frames = []

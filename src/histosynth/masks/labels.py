@@ -13,6 +13,10 @@ from histosynth.utils import UserError
 # The classes the colour-deconvolution segmenter (histosynth.masks.colour) assigns.
 AUTO_LABELS = [{"name": "background", "color": "#ffffff"}, {"name": "stroma", "color": "#e377c2"},
                {"name": "nuclei", "color": "#1f3a93"}]
+# PanNuke's nucleus types after background, in the order of its mask channels
+PANNUKE_LABELS = [{"name": "background", "color": "#ffffff"}, {"name": "neoplastic", "color": "#d62728"},
+                  {"name": "inflammatory", "color": "#2ca02c"}, {"name": "connective", "color": "#1f77b4"},
+                  {"name": "dead", "color": "#ffdd00"}, {"name": "epithelial", "color": "#ff7f0e"}]
 
 
 def _rgb(hexcolor: str, where: str) -> tuple:

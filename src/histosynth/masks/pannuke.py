@@ -18,16 +18,11 @@ import numpy as np
 import pandas as pd
 
 from histosynth.masks.build import class_fractions, write_map_store
-from histosynth.masks.labels import LabelSet
+from histosynth.masks.labels import PANNUKE_LABELS, LabelSet
 from histosynth.slides.store import TileStoreWriter, write_index
 from histosynth.utils import UserError
 
 log = logging.getLogger(__name__)
-
-PANNUKE_LABELS = [{"name": "background", "color": "#ffffff"}, {"name": "neoplastic", "color": "#d62728"},
-                  {"name": "inflammatory", "color": "#2ca02c"}, {"name": "connective", "color": "#1f77b4"},
-                  {"name": "dead", "color": "#ffdd00"}, {"name": "epithelial", "color": "#ff7f0e"}]
-
 
 def pannuke_label_map(mask: np.ndarray) -> np.ndarray:
     """(H, W, 6) PanNuke mask -> (H, W) class indices into PANNUKE_LABELS."""

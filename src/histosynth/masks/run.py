@@ -1,5 +1,4 @@
-"""The mask run's options: ``gan`` overridden by ``masks.gan`` (validated against the gan
-schema), and the masks section with its label set resolved."""
+"""The masks section with its label set resolved (the mask run itself: histosynth.runs)."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +8,7 @@ from histosynth.utils import UserError
 
 def resolve_labels(masks: dict) -> dict:
     """`masks` with `labels` filled in from the source when it is null."""
-    from histosynth.masks.labels import AUTO_LABELS, LabelSet
-    from histosynth.masks.pannuke import PANNUKE_LABELS
+    from histosynth.masks.labels import AUTO_LABELS, PANNUKE_LABELS, LabelSet
 
     m = copy.deepcopy(masks)
     if not m.get("labels"):
@@ -24,14 +22,3 @@ def resolve_labels(masks: dict) -> dict:
                         "masks.labels may change their colours but not their names or order")
     LabelSet.from_config(m["labels"])
     return m
-
-
-def run_options(gan: dict, masks: dict) -> dict:
-    """The mask run's training options (gan keys, with masks.gan applied)."""
-    from histosynth.config import validate
-
-    o = copy.deepcopy(gan)
-    o.update(masks.get("gan") or {}, name=masks["run_name"], conditioning="none")
-    # conditioning stays "none" here (the gan schema's value for "no class input"); the mask loop
-    # records "mask" in training_options.json and the checkpoint
-    return validate({"gan": o}, "masks.gan")["gan"]

@@ -276,5 +276,18 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
         tmp.write_text(doc)
 
 
+def notes_for(run_name: str, metrics: dict) -> dict:
+    """The report's explanatory notes: the run's name, what each extractor is, how the study reads."""
+    ex = "; ".join(f"{k}: {'standard TF-compatible Inception-v3 (torch-fidelity)' if k == 'inception-v3' else metrics['domain_extractor'] + ' - needs no download; comparable only within this run, not with published FIDs'}"
+                   for k in metrics["metrics"])
+    return {"run": run_name,
+            "extractors": "Extractors - " + ex + ". The floor is FID between two patient-disjoint halves of the real "
+            "training tiles with the same n; a FID near the floor means the generated set is as close to the reals as "
+            "reals are to each other.",
+            "study": "Each arm: same architecture and number of steps, several seeds; metrics on tiles of held-out test "
+            "patients (never seen by the GAN or any classifier), averaged over seeds; 95% CIs from a bootstrap over test "
+            "patients. With few test patients the intervals are wide: overlapping intervals do not show a difference."}
+
+
 def write_summary_json(summary, path):
     write_json(path, summary)

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from histosynth.images import save_png, tile_rows  # noqa: E402
 from histosynth.utils import atomic_path  # noqa: E402
 
 
@@ -73,26 +74,6 @@ def vae_plot(history: list[dict], report: dict, path):
     _save(fig, path)
 
 
-def _tile_rows(rows: list[list], pad=2):
-    """uint8 grid: each row a list of HxWx3 tiles (rows may be ragged)."""
-    import numpy as np
-
-    h, w = rows[0][0].shape[:2]
-    ncol = max(len(r) for r in rows)
-    out = np.full((len(rows) * (h + pad) - pad, ncol * (w + pad) - pad, 3), 255, np.uint8)
-    for i, r in enumerate(rows):
-        for j, t in enumerate(r):
-            out[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = t
-    return out
-
-
-def _save_png(arr, path):
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
-
-
 def profile_grid(index, path, per_row=8):
     """One row of generated tiles per profile (`condition`)."""
     from histosynth.slides.store import load_tiles
@@ -100,7 +81,7 @@ def profile_grid(index, path, per_row=8):
     rows = []
     for _, g in index.groupby("condition", sort=True):
         rows.append(list(load_tiles(g.head(per_row))))
-    _save_png(_tile_rows(rows), path)
+    save_png(tile_rows(rows), path)
 
 
 def heldout_grid(real, x_real, fake, x_fake, key, path, per_side=6, max_keys=8):
@@ -115,4 +96,4 @@ def heldout_grid(real, x_real, fake, x_fake, key, path, per_side=6, max_keys=8):
             gap = np.full_like(r[0], 255)
             rows.append(list(r) + [gap] + list(f))
     if rows:
-        _save_png(_tile_rows(rows), path)
+        save_png(tile_rows(rows), path)

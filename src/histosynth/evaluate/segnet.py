@@ -25,7 +25,7 @@ class SegNet:
     def fit(self, tiles: np.ndarray, maps: np.ndarray, steps=2000, batch=16, lr=2e-3, seed=0, progress=True):
         from tqdm import tqdm
 
-        from histosynth.gan.training.mask_loop import paired_dihedral
+        from histosynth.torch_utils.images import paired_dihedral
 
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)

@@ -1,0 +1,142 @@
+"""The generation stage's commands: bulk tiles per condition with class blending and latent
+interpolation, tiles from expression profiles, tiles from label maps (``histosynth generate |
+generate-profiles | generate-layout``)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from histosynth.utils import UserError
+
+log = logging.getLogger("histosynth")
+
+
+def tile_meta(tiles) -> dict:
+    """The real tiles' size and scale, given to generated tiles."""
+    return {"tile_px": int(tiles["tile_px"].iloc[0]), "tile_um": float(tiles["tile_um"].iloc[0]),
+            "mpp": float(tiles["mpp"].iloc[0])}
+
+
+def generate(opts: dict, network, tiles, outdir, out_index, blend_png=None, blend_gif=None, latent_png=None,
+             latent_gif=None, progress=True):
+    import pandas as pd
+
+    from histosynth.generate.sample import class_blend_grid, latent_interpolation
+    from histosynth.generate.sample import generate as generate_tiles
+    from histosynth.slides.store import read_index, write_index
+    from histosynth.torch_utils.distributed import default_device
+
+    o, dev = opts, default_device()
+    df = generate_tiles(network, outdir, o["per_class"], truncation=o["truncation"], seed0=o["seed0"], batch=o["batch"],
+                        device=dev, tile_meta=tile_meta(read_index(tiles)), progress=progress, fov_um=o["fov_um"],
+                        out_px=o["out_px"])
+    if blend_png:
+        class_blend_grid(network, blend_png, blend_gif, o["blend_seeds"], o["blend_steps"], dev)
+    if latent_png:
+        latent_interpolation(network, latent_png, latent_gif, o["blend_seeds"][:2], o["blend_steps"], dev)
+    write_index(pd.DataFrame(df), out_index)
+    log.info("generated %d tiles: %s", len(df), df["condition"].value_counts().to_dict())
+
+
+def _profile_sets(embeddings, partitions, profiles, vae, vae_samples, out_sampled, seed0):
+    """(vectors, names, metadata) of the profiles to generate from: held-out cohort embeddings,
+    a CSV of raw profiles through the VAE, and samples of the VAE's prior (written to `out_sampled`)."""
+    import pandas as pd
+
+    from histosynth.slides.store import read_index
+    from histosynth.utils import atomic_path
+
+    vecs, names, metas = [], [], []
+    if embeddings:
+        emb = read_index(embeddings)
+        emb = emb[emb["partition"].isin(partitions)]
+        mu = emb[[c for c in emb.columns if c.startswith("z_mu_")]].to_numpy(np.float32)
+        for k, lab, v in zip(emb["key"], emb["label"], mu):
+            vecs.append(v)
+            names.append(str(k))
+            metas.append({"label": str(lab), "expression_key": str(k)})
+    if profiles or vae_samples:
+        if not vae:
+            raise UserError("--profiles and --vae-samples need --vae (results/expression/vae.pt)")
+        from histosynth.expression.io import read_csv_matrix
+        from histosynth.expression.prepare import apply_transform
+        from histosynth.expression.vae import decode, embed, load_vae
+
+        model, transform, _ = load_vae(vae)
+        if profiles:
+            raw, _ = read_csv_matrix(profiles)
+            mu, _ = embed(model, apply_transform(raw, transform).to_numpy())
+            for sid, v in zip(raw.index, mu):
+                vecs.append(v)
+                names.append(f"profile-{sid}")
+                metas.append({"label": "", "expression_key": f"profile-{sid}"})
+        if vae_samples:
+            z = np.random.RandomState(seed0).randn(vae_samples, model.latent).astype(np.float32)
+            prof = decode(model, z) * np.asarray(transform["std"]) + np.asarray(transform["mean"])
+            if out_sampled:
+                df = pd.DataFrame(prof, columns=transform["genes"], index=[f"vae-sample-{i:03d}" for i in range(len(z))])
+                df.index.name = "sample_id"
+                with atomic_path(out_sampled) as tmp:  # log-space values, as the VAE models them
+                    df.to_csv(tmp)
+            for i, v in enumerate(z):
+                vecs.append(v)
+                names.append(f"vae-sample-{i:03d}")
+                metas.append({"label": "", "expression_key": f"vae-sample-{i:03d}"})
+    if out_sampled and not vae_samples:
+        with atomic_path(out_sampled) as tmp:
+            Path(tmp).write_text("sample_id\n")
+    if not vecs:
+        raise UserError("nothing to generate: give --embeddings with --partitions, --profiles or --vae-samples")
+    return vecs, names, metas
+
+
+def generate_profiles(opts: dict, network, tiles, outdir, out_index, embeddings=None, partitions=("test",), vae=None,
+                      profiles=None, vae_samples=None, out_sampled=None, per_profile=None, seed0=0, grid=None,
+                      progress=True):
+    """Tiles from expression profiles (`opts`: the expression section, for per_profile and vae_samples)."""
+    from histosynth.generate.sample import generate_sets, stylegan2_network
+    from histosynth.slides.store import read_index, write_index
+    from histosynth.torch_utils.distributed import default_device
+
+    per_profile = per_profile if per_profile is not None else opts["per_profile"]
+    vae_samples = vae_samples if vae_samples is not None else opts["vae_samples"]
+    dev = default_device()
+    G, spec, _ = stylegan2_network(network, dev)
+    if spec.kind != "expression":
+        raise UserError(f"{network} is {spec.kind}-conditioned; generate-profiles needs an expression-conditioned network")
+    vecs, names, metas = _profile_sets(embeddings, partitions, profiles, vae, vae_samples, out_sampled, seed0)
+    sets = [{"name": n, "c": v, "meta": m, "seeds": np.arange(seed0, seed0 + per_profile)}
+            for n, v, m in zip(names, vecs, metas)]
+    df = generate_sets(G, sets, outdir, network, batch=64, device=dev, tile_meta=tile_meta(read_index(tiles)),
+                       progress=progress)
+    write_index(df, out_index)
+    if grid:
+        from histosynth.report.plots import profile_grid
+
+        profile_grid(df, grid, per_row=min(8, per_profile))
+    log.info("generated %d tiles from %d profiles", len(df), len(sets))
+
+
+def generate_layout(masks: dict, network, index, outdir, out_index, out_heldout, triplets, progress=True):
+    from histosynth.generate.from_maps import generate_from_maps, triplet_figure
+    from histosynth.masks.labels import LabelSet
+    from histosynth.slides.store import read_index
+    from histosynth.torch_utils.distributed import default_device
+
+    m, idx, out, dev = masks, read_index(index), Path(outdir), default_device()
+    train = idx[idx["partition"] == "train"]
+    if m["max_maps"] and len(train) > m["max_maps"]:
+        train = train.sample(m["max_maps"], random_state=0).sort_index()
+    test = idx[idx["partition"] == "test"]
+    if len(test) == 0:
+        raise UserError("no label maps of test patients: layout fidelity needs held-out maps (check split.test_fraction)")
+    test = test.sample(min(len(test), m["eval_maps"]), random_state=0).sort_index()
+    bulk = generate_from_maps(network, train, out / "synthetic.tiff", out_index, m["per_map"], seed0=0,
+                              device=dev, name="train-maps", progress=progress)
+    held = generate_from_maps(network, test, out / "heldout.tiff", out_heldout, 1, seed0=10**6,
+                              device=dev, name="heldout-maps", progress=progress)
+    triplet_figure(idx, held.sample(min(len(held), m["triplets"]), random_state=0), LabelSet.from_config(m["labels"]),
+                   triplets, n=m["triplets"])
+    log.info("generated %d tiles from training maps and %d from held-out maps", len(bulk), len(held))

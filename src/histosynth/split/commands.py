@@ -1,0 +1,29 @@
+"""The split stage's command (``histosynth split``): patients into partitions, every tile indexed."""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("histosynth")
+
+
+def split(opts: dict, sheet, indexes, out_split, out_tiles):
+    import pandas as pd
+
+    from histosynth.acquire.manifest import read_sample_sheet
+    from histosynth.slides.store import read_index, write_index
+    from histosynth.split.patients import assign_tiles, split_patients
+    from histosynth.utils import atomic_path
+
+    sheet = read_sample_sheet(sheet)
+    parts = split_patients(sheet, opts["test_fraction"], opts["val_fraction"], opts["seed"])
+    tiles = pd.concat([read_index(p) for p in indexes], ignore_index=True)
+    extra = [c for c in sheet.columns if c not in tiles.columns and c not in ("source", "md5", "size", "path")]
+    if extra:
+        tiles = tiles.merge(sheet[["slide_id"] + extra], on="slide_id", how="left")
+    tiles = assign_tiles(tiles, parts)
+    with atomic_path(out_split) as tmp:
+        parts.to_csv(tmp, sep="\t", index=False)
+    write_index(tiles, out_tiles)
+    kept = tiles[tiles["kept"]]
+    log.info("split: %s patients; kept tiles per partition %s", parts["partition"].value_counts().to_dict(),
+             kept["partition"].value_counts().to_dict())
