@@ -23,60 +23,67 @@ INT, FLOAT = {"type": int}, {"type": float}
 # to argparse as it is. The function receives each argument by its name, the first section as
 # `opts`, the masks section as `masks`, the run as `run`, and `progress` (not --quiet).
 COMMANDS = {
-    "demo-slides": ("histosynth.acquire.commands:demo_slides", "draw the demo cohort of synthetic H&E slides and its "
+    "demo-slides": ("histosynth.commands.acquire:demo_slides", "draw the demo cohort of synthetic H&E slides and its "
                     "manifest", ["demo"], ["--outdir?", "--manifest?"]),
-    "acquire-query": ("histosynth.acquire.commands:acquire_query", "list the cohort's slides into the sample sheet",
+    "acquire-query": ("histosynth.commands.acquire:acquire_query", "list the cohort's slides into the sample sheet",
                       ["acquire"], ["--manifest?", "--slide-dir?", "--out"]),
-    "download": ("histosynth.acquire.commands:download", "fetch and verify one slide of the sample sheet", ["acquire"],
+    "download": ("histosynth.commands.acquire:download", "fetch and verify one slide of the sample sheet", ["acquire"],
                  ["--sheet", "--slide-id", "--out?", ("--record", {"help": "write the file's verified MD5 and size here (JSON)"})]),
-    "acquire-record": ("histosynth.acquire.commands:acquire_record", "the sample sheet with every downloaded file's "
+    "acquire-record": ("histosynth.commands.acquire:acquire_record", "the sample sheet with every downloaded file's "
                        "verified MD5 and size", [], ["--sheet", "--records+", "--out"]),
-    "tile": ("histosynth.slides.commands:tile", "tile one slide with tissue detection and QC", ["tiles"],
+    "tile": ("histosynth.commands.slides:tile", "tile one slide with tissue detection and QC", ["tiles"],
              ["--sheet", "--slide-id", "--store", "--index", "--thumb", ("--slide", {"help": "slide file (default: the "
               "sheet's path)"}), ("--threads", {**INT, "default": 1})]),
-    "split": ("histosynth.split.commands:split", "split patients into train/val/test and index all tiles", ["split"],
+    "split": ("histosynth.commands.split:split", "split patients into train/val/test and index all tiles", ["split"],
               ["--sheet", "--indexes+", "--out-split", "--out-tiles"]),
-    "train-gan": ("histosynth.gan.commands:train_gan", "train (or resume) a GAN run of any kind", ["run"],
+    "train-gan": ("histosynth.commands.gan:train_gan", "train (or resume) a GAN run of any kind", ["run"],
                   ["--tiles", "--outdir", ("--run-spec", {"help": "the run as JSON (name, kind, gan, masks)"}),
                    ("--run", {"help": "with --config: the run's name (default gan.name)"}),
                    ("--embeddings", {"help": "beta-VAE embeddings per patient/slide (expression runs)"}),
                    ("--threads", {**INT, "default": 1})]),
-    "expression-prepare": ("histosynth.expression.commands:expression_prepare", "expression matrix -> standardised "
+    "expression-prepare": ("histosynth.commands.expression:expression_prepare", "expression matrix -> standardised "
                            "profiles of the cohort (fitted on training patients)", ["expression"],
                            ["--sheet", "--split", "--out-profiles", "--out-transform",
                             ("--matrix", {"help": "local matrix file (default: expression.matrix)"})]),
-    "train-vae": ("histosynth.expression.commands:train_vae", "train the beta-VAE on profiles; embeddings and held-out "
+    "train-vae": ("histosynth.commands.expression:train_vae", "train the beta-VAE on profiles; embeddings and held-out "
                   "reconstruction error", ["expression"],
                   ["--profiles", "--transform", "--out", "--out-embeddings", "--out-report", "--out-plot?"]),
-    "generate-profiles": ("histosynth.generate.commands:generate_profiles", "tiles from expression profiles: held-out "
+    "generate-profiles": ("histosynth.commands.generate:generate_profiles", "tiles from expression profiles: held-out "
                           "patients, a CSV of new profiles, VAE samples", ["expression"],
                           ["--network", "--tiles", "--outdir", "--out-index", "--embeddings?", "--vae?", "--profiles?",
                            ("--partitions", {"nargs": "+", "default": ["test"]}), "--out-sampled?", "--grid?",
                            ("--vae-samples", {**INT, "help": "default: expression.vae_samples"}),
                            ("--per-profile", {**INT, "help": "default: expression.per_profile"}),
                            ("--seed0", {**INT, "default": 0})]),
-    "evaluate-profiles": ("histosynth.expression.commands:evaluate_profiles", "held-out profiles: FID to the patient's "
+    "evaluate-profiles": ("histosynth.commands.expression:evaluate_profiles", "held-out profiles: FID to the patient's "
                           "own tiles vs other patients'", ["evaluate"],
                           ["--tiles", "--heldout", "--reference", "--transform", "--out", "--features?", "--grid?"]),
-    "generate": ("histosynth.generate.commands:generate", "bulk-generate labelled synthetic tiles (+ class blending)",
+    "generate": ("histosynth.commands.generate:generate", "bulk-generate labelled synthetic tiles (+ class blending)",
                  ["generate"], ["--network", "--tiles", "--outdir", "--out-index", "--blend-png?", "--blend-gif?",
                                 "--latent-png?", "--latent-gif?"]),
-    "fit-segmenter": ("histosynth.masks.commands:fit_segmenter", "fit the colour-deconvolution segmenter (auto label "
+    "generate-images": ("histosynth.commands.generate:generate_images", "one PNG per seed, as NVIDIA's generate.py "
+                        "(z = RandomState(seed).randn(1, z_dim))", [],
+                        ["--network", ("--seeds", {"required": True, "help": "e.g. 0-7, 1,3,5 or 0-3,10"}), "--outdir",
+                         ("--class", {"dest": "class_name", "help": "class (or attribute combination) by name"}),
+                         ("--class-index", {**INT, "help": "index of the one-hot class vector"}),
+                         ("--trunc", {**FLOAT, "default": 1.0, "help": "truncation psi, towards the mean w"}),
+                         ("--noise-mode", {"choices": ["const", "random", "none"], "default": "const"})]),
+    "fit-segmenter": ("histosynth.commands.masks:fit_segmenter", "fit the colour-deconvolution segmenter (auto label "
                       "maps) on training tiles", ["masks"], ["--tiles", "--out"]),
-    "label-maps": ("histosynth.masks.commands:label_maps", "label maps of one slide's tiles (auto segmenter or QuPath "
+    "label-maps": ("histosynth.commands.masks:label_maps", "label maps of one slide's tiles (auto segmenter or QuPath "
                    "GeoJSON)", ["masks"], ["--tiles", "--slide-id", "--store", "--index", "--segmenter?", "--annotations?"]),
-    "mask-index": ("histosynth.masks.commands:mask_index", "combine the slides' label-map indexes", [],
+    "mask-index": ("histosynth.commands.masks:mask_index", "combine the slides' label-map indexes", [],
                    ["--indexes+", "--out"]),
-    "import-pannuke": ("histosynth.masks.commands:import_pannuke", "PanNuke folds -> tile stores, label-map stores and "
+    "import-pannuke": ("histosynth.commands.masks:import_pannuke", "PanNuke folds -> tile stores, label-map stores and "
                        "the mask index", ["masks"], ["--out"]),
-    "train-segnet": ("histosynth.evaluate.commands:train_segnet", "train the U-Net segmenter on real training tiles and "
+    "train-segnet": ("histosynth.commands.evaluate:train_segnet", "train the U-Net segmenter on real training tiles and "
                      "maps (layout fidelity)", ["masks"], ["--index", "--out"]),
-    "generate-layout": ("histosynth.generate.commands:generate_layout", "tiles from training label maps (bulk) and "
+    "generate-layout": ("histosynth.commands.generate:generate_layout", "tiles from training label maps (bulk) and "
                         "held-out maps, and triplets", ["masks"],
                         ["--network", "--index", "--outdir", "--out-index", "--out-heldout", "--triplets"]),
-    "features": ("histosynth.evaluate.commands:features", "features of every kept real tile, per extractor, into the "
+    "features": ("histosynth.commands.evaluate:features", "features of every kept real tile, per extractor, into the "
                  "feature cache", ["evaluate"], ["--indexes+", "--reference", "--out"]),
-    "evaluate-layout": ("histosynth.evaluate.commands:evaluate_layout", "layout fidelity (mIoU) and FID of a mask run",
+    "evaluate-layout": ("histosynth.commands.evaluate:evaluate_layout", "layout fidelity (mIoU) and FID of a mask run",
                         ["evaluate", "masks"], ["--index", "--synthetic", "--heldout", "--segmenter", "--reference",
                                                 "--out", "--run", ("--real-partitions", {"nargs": "+", "default": ["train"]}),
                                                 "--features?"]),
@@ -87,16 +94,16 @@ COMMANDS = {
               ("--max-map-px", {**INT, "default": 4096, "help": "largest map side accepted (px)"}),
               ("--max-concurrent", {**INT, "help": "generations at once (default: 1 per GPU, else the CPU count)"}),
               ("--timeout", {**FLOAT, "default": 30.0, "help": "seconds a client may take to send its request"})]),
-    "train-reference": ("histosynth.classify.commands:train_reference", "train the reference classifier on real "
+    "train-reference": ("histosynth.commands.classify:train_reference", "train the reference classifier on real "
                         "training tiles", ["classify"], ["--tiles", "--out"]),
-    "evaluate": ("histosynth.evaluate.commands:evaluate", "FID, KID, precision/recall, floor, concordance", ["evaluate"],
+    "evaluate": ("histosynth.commands.evaluate:evaluate", "FID, KID, precision/recall, floor, concordance", ["evaluate"],
                  ["--tiles", "--synthetic", "--reference", "--out", ("--real-partitions", {"nargs": "+", "default": ["train"]}),
                   ("--features", {"help": "the feature cache folder (features rule); read only"})]),
-    "classify": ("histosynth.classify.commands:classify", "the augmentation study: real / synthetic / mixed arms",
+    "classify": ("histosynth.commands.classify:classify", "the augmentation study: real / synthetic / mixed arms",
                  ["classify"], ["--tiles", "--synthetic", "--network", "--outdir"]),
-    "plot-training": ("histosynth.report.commands:plot_training", "a run's losses by kimg (stats.jsonl -> PNG)", [],
+    "plot-training": ("histosynth.commands.report:plot_training", "a run's losses by kimg (stats.jsonl -> PNG)", [],
                       ["--stats", "--out"]),
-    "report": ("histosynth.report.commands:report", "summary.json and summary.html", [],
+    "report": ("histosynth.commands.report:report", "summary.json and summary.html", [],
                ["--sheet", "--tiles", "--gan-dir", "--gan-run", "--run-name", "--metrics", "--study", "--qc-dir",
                 "--out-json", "--out-html", "--expression-dir?", "--mask-run?",
                 ("--expression-run", {"action": "append", "help": "an expression-conditioned run to add (repeatable)"})]),

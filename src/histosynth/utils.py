@@ -45,6 +45,18 @@ def _remove_stale_tmp(path: Path) -> None:
             pass
 
 
+def file_hash(path, algorithm: str = "md5") -> str:
+    """Hex digest of a file, streamed in constant memory."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def md5_of(path) -> str:
+    return file_hash(path, "md5")
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")

@@ -10,7 +10,6 @@ verification raises :class:`DownloadError` naming the slide, the expected and th
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import os
 import re
@@ -21,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from histosynth.acquire.http import redact as _redact
 from histosynth.acquire.http import retry_after_seconds as _retry_after_seconds
-from histosynth.utils import UserError
+from histosynth.utils import UserError, md5_of
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -44,16 +43,6 @@ class FetchResult:
     size: int
     attempts: int
     resumed_bytes: int
-
-
-def file_hash(path, algorithm: str = "md5") -> str:
-    """Hex digest of a file, streamed in constant memory."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, algorithm).hexdigest()
-
-
-def md5_of(path) -> str:
-    return file_hash(path, "md5")
 
 
 def safe_filename(name: str) -> str:

@@ -16,15 +16,11 @@ import numpy as np
 import pandas as pd
 
 from histosynth.slides.store import load_tiles
-from histosynth.utils import atomic_path
+from histosynth.utils import atomic_path, file_hash
 
 
 def file_digest(path, n=12) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
+    return file_hash(path, "sha1")[:n]
 
 
 def _signature(store: Path) -> np.ndarray:

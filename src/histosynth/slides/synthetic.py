@@ -283,8 +283,7 @@ def write_demo_cohort(outdir, manifest_path, n_patients_per_class=4, size_px=409
     import pandas as pd
     from tqdm import tqdm
 
-    from histosynth.acquire.download import md5_of
-    from histosynth.utils import atomic_path
+    from histosynth.utils import atomic_path, md5_of
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -40,62 +40,11 @@ def generate(opts: dict, network, tiles, outdir, out_index, blend_png=None, blen
     log.info("generated %d tiles: %s", len(df), df["condition"].value_counts().to_dict())
 
 
-def _profile_sets(embeddings, partitions, profiles, vae, vae_samples, out_sampled, seed0):
-    """(vectors, names, metadata) of the profiles to generate from: held-out cohort embeddings,
-    a CSV of raw profiles through the VAE, and samples of the VAE's prior (written to `out_sampled`)."""
-    import pandas as pd
-
-    from histosynth.slides.store import read_index
-    from histosynth.utils import atomic_path
-
-    vecs, names, metas = [], [], []
-    if embeddings:
-        emb = read_index(embeddings)
-        emb = emb[emb["partition"].isin(partitions)]
-        mu = emb[[c for c in emb.columns if c.startswith("z_mu_")]].to_numpy(np.float32)
-        for k, lab, v in zip(emb["key"], emb["label"], mu):
-            vecs.append(v)
-            names.append(str(k))
-            metas.append({"label": str(lab), "expression_key": str(k)})
-    if profiles or vae_samples:
-        if not vae:
-            raise UserError("--profiles and --vae-samples need --vae (results/expression/vae.pt)")
-        from histosynth.expression.io import read_csv_matrix
-        from histosynth.expression.prepare import apply_transform
-        from histosynth.expression.vae import decode, embed, load_vae
-
-        model, transform, _ = load_vae(vae)
-        if profiles:
-            raw, _ = read_csv_matrix(profiles)
-            mu, _ = embed(model, apply_transform(raw, transform).to_numpy())
-            for sid, v in zip(raw.index, mu):
-                vecs.append(v)
-                names.append(f"profile-{sid}")
-                metas.append({"label": "", "expression_key": f"profile-{sid}"})
-        if vae_samples:
-            z = np.random.RandomState(seed0).randn(vae_samples, model.latent).astype(np.float32)
-            prof = decode(model, z) * np.asarray(transform["std"]) + np.asarray(transform["mean"])
-            if out_sampled:
-                df = pd.DataFrame(prof, columns=transform["genes"], index=[f"vae-sample-{i:03d}" for i in range(len(z))])
-                df.index.name = "sample_id"
-                with atomic_path(out_sampled) as tmp:  # log-space values, as the VAE models them
-                    df.to_csv(tmp)
-            for i, v in enumerate(z):
-                vecs.append(v)
-                names.append(f"vae-sample-{i:03d}")
-                metas.append({"label": "", "expression_key": f"vae-sample-{i:03d}"})
-    if out_sampled and not vae_samples:
-        with atomic_path(out_sampled) as tmp:
-            Path(tmp).write_text("sample_id\n")
-    if not vecs:
-        raise UserError("nothing to generate: give --embeddings with --partitions, --profiles or --vae-samples")
-    return vecs, names, metas
-
-
 def generate_profiles(opts: dict, network, tiles, outdir, out_index, embeddings=None, partitions=("test",), vae=None,
                       profiles=None, vae_samples=None, out_sampled=None, per_profile=None, seed0=0, grid=None,
                       progress=True):
     """Tiles from expression profiles (`opts`: the expression section, for per_profile and vae_samples)."""
+    from histosynth.generate.profiles import profile_sets
     from histosynth.generate.sample import generate_sets, stylegan2_network
     from histosynth.slides.store import read_index, write_index
     from histosynth.torch_utils.distributed import default_device
@@ -106,7 +55,7 @@ def generate_profiles(opts: dict, network, tiles, outdir, out_index, embeddings=
     G, spec, _ = stylegan2_network(network, dev)
     if spec.kind != "expression":
         raise UserError(f"{network} is {spec.kind}-conditioned; generate-profiles needs an expression-conditioned network")
-    vecs, names, metas = _profile_sets(embeddings, partitions, profiles, vae, vae_samples, out_sampled, seed0)
+    vecs, names, metas = profile_sets(embeddings, partitions, profiles, vae, vae_samples, out_sampled, seed0)
     sets = [{"name": n, "c": v, "meta": m, "seeds": np.arange(seed0, seed0 + per_profile)}
             for n, v, m in zip(names, vecs, metas)]
     df = generate_sets(G, sets, outdir, network, batch=64, device=dev, tile_meta=tile_meta(read_index(tiles)),
@@ -140,3 +89,13 @@ def generate_layout(masks: dict, network, index, outdir, out_index, out_heldout,
     triplet_figure(idx, held.sample(min(len(held), m["triplets"]), random_state=0), LabelSet.from_config(m["labels"]),
                    triplets, n=m["triplets"])
     log.info("generated %d tiles from training maps and %d from held-out maps", len(bulk), len(held))
+
+
+def generate_images(network, seeds, outdir, class_name=None, class_index=None, trunc=1.0, noise_mode="const"):
+    """``histosynth generate-images``: one PNG per seed with NVIDIA's seed convention."""
+    from histosynth.generate.images import generate_images as make_images
+    from histosynth.generate.images import parse_seeds
+    from histosynth.torch_utils.distributed import default_device
+
+    paths = make_images(network, parse_seeds(seeds), outdir, class_name, class_index, trunc, noise_mode, default_device())
+    log.info("wrote %d images to %s (%s ... %s)", len(paths), outdir, paths[0].name, paths[-1].name)
