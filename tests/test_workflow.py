@@ -207,6 +207,46 @@ def test_gdc_source_runs_the_dag_against_a_gdc_speaking_server(tmp_path, gdc_coh
     assert tiles.groupby("patient_id")["partition"].nunique().max() == 1
 
 
+def test_gtex_lung_brain_donors_with_both_tissues_stay_whole(tmp_path, gdc_cohort):
+    """config/gtex-lung-brain.yaml against a loopback GTEx server: donors with a lung and a brain
+    slide (two labels) go through the query, downloads, tiling and the split; every donor sits in
+    one partition and no test donor's tile is in the GAN's or the classifier's training tiles."""
+    import pandas as pd
+    from httpfaults import GTExServer
+    from test_acquire import gtex_annotations
+
+    _, files = gdc_cohort
+    datas = list(files.values())
+    donors = {"GTEX-AAAA1": ["Lung"], "GTEX-AAAA2": ["Lung"], "GTEX-BBBB1": ["Brain - Cortex"],
+              "GTEX-BBBB2": ["Brain - Cortex"], "GTEX-CCCC1": ["Lung", "Brain - Cortex"],
+              "GTEX-CCCC2": ["Lung", "Brain - Cortex"]}
+    ids, images = [], {}
+    for d, tissues in donors.items():
+        for k, t in enumerate(tissues):
+            slide = f"{d}-{k + 1:02d}26"
+            ids.append((f"{slide}-SM-{k}", t))
+            images[slide] = datas[len(images) % len(datas)]
+    with GTExServer(images, gtex_annotations(ids)) as srv:
+        r = run(["results/split/tiles.parquet", "--configfile", str(REPO / "config" / "gtex-lung-brain.yaml"),
+                 "--config", f"acquire={{gtex: {{image_url: '{srv.url}/images', annotations: '{srv.url}/annotations.txt'}}}}",
+                 "split={test_fraction: 0.34, val_fraction: 0.0}", "tiles={tile_px: 64, tile_um: 256}",
+                 "gan={resolution: 64}", "expression={enabled: false}"], tmp_path)
+        assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-5000:])
+    split = pd.read_csv(tmp_path / "results/split/split.tsv", sep="\t")
+    assert len(split) == 6 and split["patient_id"].is_unique
+    assert set(split.loc[split["patient_id"].str.startswith("GTEX-CCCC"), "label"]) == {"Brain - Cortex|Lung"}
+    tiles = pd.read_parquet(tmp_path / "results/split/tiles.parquet")
+    assert tiles.groupby("patient_id")["partition"].nunique().max() == 1
+    assert set(tiles.loc[tiles["patient_id"] == "GTEX-CCCC1", "label"]) == {"Lung", "Brain - Cortex"}
+    for label in ("Lung", "Brain - Cortex"):
+        assert {"train", "test"} <= set(tiles.loc[tiles["label"] == label, "partition"])
+    from histosynth.gan.training.kinds import training_tiles
+
+    test_donors = set(split.loc[split["partition"] == "test", "patient_id"])
+    gan_tiles = training_tiles(tiles, {"train_partitions": ["train", "val"]})
+    assert test_donors and not test_donors & set(gan_tiles["patient_id"])
+
+
 # Kill points: (what, a path whose appearance means the stage is running, seconds to wait then).
 KILL_POINTS = [("tile", "logs/tile/*.log", 0.3), ("train_gan", "logs/train_gan/stylegan2-class.log", 2.0),
                ("generate", "logs/generate/stylegan2-class.log", 0.5), ("evaluate", "logs/evaluate/*.log", 0.5),
