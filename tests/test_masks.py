@@ -182,7 +182,7 @@ def test_mask_model_reproduces_the_layout(tmp_path, method, kimg, floor):
     assert r["real"]["miou"] > 0.9
     opts = json.loads((tmp_path / method / "training_options.json").read_text())
     assert opts["conditioning"] == "mask" and opts["mask"]["method"] == method and opts["n_classes"] == 3
-    assert (tmp_path / method / "samples").glob("fakes*.png")
+    assert list((tmp_path / method / "samples").glob("fakes*.png"))
 
 
 def test_mask_resume_equals_uninterrupted(tmp_path):

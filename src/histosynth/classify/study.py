@@ -80,13 +80,7 @@ def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patient
     jobs = [(a, s) for a in arms for s in opts["seeds"]]
     for (name, kind, ratio, frac), seed in tqdm(jobs, desc="augmentation study", unit="model", disable=not progress):
         rng = np.random.default_rng(seed)
-        pats = np.array(sorted(train["patient_id"].unique()))
-        if frac < 1:
-            keep = []
-            for c in classes:  # keep the fraction within each class, at least one patient
-                pc = np.array(sorted(train.loc[train["label"] == c, "patient_id"].unique()))
-                keep += list(rng.choice(pc, max(1, int(round(frac * len(pc)))), replace=False))
-            pats = np.array(keep)
+        pats = low_data_patients(train, classes, frac, rng)
         real_idx = np.flatnonzero(train["patient_id"].isin(pats).to_numpy())
         n_real = len(real_idx)
         n_syn = 0 if kind == "real" else int(round((ratio if kind == "mixed" else 1.0) * n_real))
@@ -119,6 +113,19 @@ def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patient
         m["n_train_synthetic"] = int(sub["n_train_synthetic"].iloc[0])
         metrics[name] = m
     return pred, metrics, classes
+
+
+def low_data_patients(train: pd.DataFrame, classes, frac: float, rng) -> np.ndarray:
+    """The training patients of an arm: all of them, or (frac < 1) the share `frac` of each
+    class's patients, at least one, drawn with `rng` (a patient with slides of two classes may be
+    drawn for either)."""
+    if frac >= 1:
+        return np.array(sorted(train["patient_id"].unique()))
+    keep = []
+    for c in classes:
+        pc = np.array(sorted(train.loc[train["label"] == c, "patient_id"].unique()))
+        keep += list(rng.choice(pc, max(1, int(round(frac * len(pc)))), replace=False))
+    return np.array(keep)
 
 
 def _balanced_pick(y, n, rng, n_classes):

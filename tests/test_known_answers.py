@@ -1,0 +1,140 @@
+"""Tests with known answers for the numbers the report presents: concordance of a generator
+that copies the asked class vs one that ignores it, the coverage of the bootstrap interval,
+the share of patients in low-data arms, the leakage check, truncation and blend endpoints."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import norm
+from toydata import toy_index
+
+from histosynth.classify.stats import arm_metrics, binary_auc, tile_metrics
+from histosynth.config import validate
+from histosynth.utils import UserError
+
+
+def test_concordance_is_near_one_for_a_copying_generator_and_near_chance_for_a_class_blind_one(tmp_path):
+    """The reference classifier (trained on real training tiles, as the workflow does) judges
+    'generated' sets with a known answer: real held-out tiles labelled with their own class
+    (a generator that copies the asked class) and the same tiles with labels drawn blind."""
+    from histosynth.classify.model import predict
+    from histosynth.classify.study import train_reference
+    from histosynth.evaluate.run import class_concordance
+    from histosynth.slides.store import load_tiles
+
+    torch.manual_seed(0)
+    index, _, _ = toy_index(tmp_path, 96)
+    index["partition"] = np.where(np.arange(len(index)) % 4 == 0, "test", "train")
+    opts = validate({"classify": {"arch": "shufflenet_v2_x0_5", "steps": 150, "batch": 32}})["classify"]
+    model, classes, _ = train_reference(index, opts)
+    held = index[index["partition"] == "test"].reset_index(drop=True)
+    prob = predict(model, load_tiles(held))
+    copying = class_concordance(prob, held["label"], classes, 0.5)
+    blind_labels = np.random.default_rng(1).choice(classes, len(held))
+    blind = class_concordance(prob, blind_labels, classes, 0.5)
+    assert copying["weak"] > 0.95 and min(copying["per_class"].values()) > 0.9
+    assert abs(blind["weak"] - 0.5) < 0.15  # 48 tiles: chance within about two standard errors
+
+
+def _simulated_study(rng, d, n_pat=30, n_tiles=5, sd_patient=0.5):
+    """Scores = d * y + patient effect + tile noise: the tile-level AUC is Phi(d / sqrt(2 (1 + sd_patient^2)))."""
+    rows = []
+    for p in range(2 * n_pat):
+        y, u = p % 2, rng.normal(0, sd_patient)
+        s = d * y + u + rng.normal(0, 1, n_tiles)
+        p1 = 1 / (1 + np.exp(-s))
+        rows += [dict(seed=0, patient_id=f"P{p}", y=y, p0=1 - q, p1=q) for q in p1]
+    return pd.DataFrame(rows)
+
+
+def test_bootstrap_interval_covers_a_known_auc_at_its_nominal_rate():
+    d, sd_patient = 0.8, 0.5
+    true_auc = norm.cdf(d / np.sqrt(2 * (1 + sd_patient**2)))
+    rng = np.random.default_rng(0)
+    hits, n = 0, 80
+    for i in range(n):
+        m = arm_metrics(_simulated_study(rng, d, sd_patient=sd_patient), n_boot=200, seed=i)
+        lo, hi = m["auc_ci95"]
+        hits += lo <= true_auc <= hi
+    # nominal 95%: with 80 studies, fewer than 68 hits (85%) would be a real under-coverage
+    assert hits >= 68, f"{hits}/{n} intervals covered the true AUC {true_auc:.3f}"
+    # and the intervals are not vacuous
+    assert hi - lo < 0.25
+
+
+def test_tile_metrics_agree_with_sklearn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        y = rng.integers(0, 2, 40)
+        p1 = np.round(rng.random(40), 1)  # ties
+        prob = np.stack([1 - p1, p1], 1)
+        m = tile_metrics(y, prob)
+        assert m["auc"] == pytest.approx(roc_auc_score(y, p1), abs=1e-12)
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, prob.argmax(1)), abs=1e-12)
+        assert m["f1"] == pytest.approx(f1_score(y, prob.argmax(1), average="macro", zero_division=0), abs=1e-12)
+    assert binary_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    assert np.isnan(binary_auc(np.array([1, 1]), np.array([0.2, 0.3])))
+
+
+def test_low_data_arms_draw_the_stated_share_of_each_class_patients():
+    from histosynth.classify.study import low_data_patients
+
+    train = pd.DataFrame({"patient_id": [f"{c}{i}" for c in "ab" for i in range(20) for _ in range(3)],
+                          "label": [c for c in "ab" for _ in range(20) for _ in range(3)]})
+    for frac, per_class in ((0.25, 5), (0.5, 10), (0.01, 1)):
+        pats = low_data_patients(train, ["a", "b"], frac, np.random.default_rng(0))
+        assert len(set(pats)) == len(pats) == 2 * per_class
+        assert sum(p.startswith("a") for p in pats) == per_class
+    a = low_data_patients(train, ["a", "b"], 0.25, np.random.default_rng(0))
+    b = low_data_patients(train, ["a", "b"], 0.25, np.random.default_rng(1))
+    assert list(a) == list(low_data_patients(train, ["a", "b"], 0.25, np.random.default_rng(0))) and set(a) != set(b)
+    assert len(low_data_patients(train, ["a", "b"], 1.0, np.random.default_rng(0))) == 40
+
+
+def test_the_study_refuses_a_test_patient_the_gan_saw(tmp_path):
+    from histosynth.classify.study import run_study
+
+    index, _, _ = toy_index(tmp_path, 16)
+    index["partition"] = np.where(index["patient_id"].str.startswith("p0"), "test", "train")
+    opts = validate({"classify": {}})["classify"]
+    leaked = sorted(index.loc[index["partition"] == "test", "patient_id"].unique())[:1]
+    with pytest.raises(UserError, match=f"test patient\\(s\\) \\['{leaked[0]}'\\] were in the GAN's training set"):
+        run_study(index, index.iloc[:4], ["p3dark"] + leaked, opts, progress=False)
+
+
+def test_truncation_zero_and_blend_endpoints(tmp_path):
+    """psi = 0 in bulk generation: every seed of a class gives that class's centre image; the
+    blend's first and last columns are the two pure classes' images of each seed."""
+    from test_gan import tiny_opts
+
+    from histosynth.gan.checkpoint import load_generator
+    from histosynth.gan.training.loop import train
+    from histosynth.generate.sample import class_blend_grid, generate, z_from_seeds
+    from histosynth.slides.store import load_tiles
+    from histosynth.torch_utils.images import to_uint8
+
+    index, _, _ = toy_index(tmp_path, 16)
+    net = train(index, tmp_path / "run", tiny_opts(kimg=0.05, snap_kimg=0.05), progress=False)
+    df = generate(net, tmp_path / "gen", 4, truncation=0.0, tile_meta={"tile_px": 16, "tile_um": 32.0, "mpp": 2.0},
+                  progress=False)
+    for _, grp in df.groupby("condition"):
+        x = load_tiles(grp)
+        assert all(np.array_equal(x[0], t) for t in x[1:])
+    a, b = (load_tiles(g)[0] for _, g in df.groupby("condition"))
+    assert not np.array_equal(a, b)  # the two classes' centres differ
+
+    names = class_blend_grid(net, tmp_path / "blend.png", None, seeds=(0, 1), steps=4)
+    grid = np.asarray(Image.open(tmp_path / "blend.png"))
+    G = load_generator(net).G
+    with torch.no_grad():
+        for row, seed in enumerate((0, 1)):
+            z = z_from_seeds([seed], G.z_dim)
+            for col, c in ((0, [1.0, 0.0]), (3, [0.0, 1.0])):
+                want = to_uint8(G(z, torch.tensor([c]), noise_mode="const"))[0]
+                got = grid[row * 16:(row + 1) * 16, col * 16:(col + 1) * 16]
+                assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, (names, row, col)
