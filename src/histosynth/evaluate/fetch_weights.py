@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 import sys
 
-from histosynth.acquire.download import fetch, file_hash
-from histosynth.utils import UserError
+from histosynth.acquire.download import fetch
+from histosynth.utils import UserError, file_hash
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")

@@ -9,8 +9,8 @@ import gzip
 import sys
 from pathlib import Path
 
-from histosynth.acquire.download import fetch, file_hash
-from histosynth.utils import atomic_path
+from histosynth.acquire.download import fetch
+from histosynth.utils import atomic_path, file_hash
 
 
 def looks_right(path: Path, name: str) -> str | None:
