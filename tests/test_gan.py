@@ -126,3 +126,28 @@ def test_tensorboard_scalars_match_stats_jsonl(tmp_path):
     no_tb = tiny_opts(kimg=0.05, snap_kimg=0.05, tick_kimg=0.05, batch=8, tensorboard=False)
     train(index, tmp_path / "off", no_tb, progress=False)
     assert (tmp_path / "off" / "stats.jsonl").exists() and not (tmp_path / "off" / "tensorboard").exists()
+
+
+def test_learns_at_stylegan2_ada_defaults(tmp_path):
+    """stylegan2-ada's own settings (preset auto: its batch, learning rate, gamma, EMA and mapping
+    depth for the resolution; ADA, style mixing 0.9, path length 2, conv clamp 256; only the widths
+    made small for a CPU) learn the toy classes: a classifier of real tiles labels the generated
+    tiles of each class correctly."""
+    from sklearn.linear_model import LogisticRegression
+
+    index, tiles, labels = toy_index(tmp_path, 128)
+    opts = validate({"gan": dict(preset="auto", resolution=16, z_dim=32, w_dim=64, channel_base=256, channel_max=32,
+                                 kimg=4.0, snap_kimg=4.0, tick_kimg=1.0, device="cpu", grid_per_class=4)})["gan"]
+    assert (opts["batch"], opts["mapping_layers"], opts["lr_g"], opts["style_mixing"], opts["pl_weight"],
+            opts["augment"], opts["conv_clamp"]) == (32, 2, 0.0025, 0.9, 2.0, "ada", 256)
+    net = load_generator(train(index, tmp_path / "run", opts, progress=False))
+    clf = LogisticRegression(max_iter=2000).fit(tiles.reshape(len(tiles), -1) / 255.0, labels)
+    stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert any("pl" in s for s in stats)  # the path-length penalty ran
+    for cond in net.spec.conditions():
+        c = torch.from_numpy(net.spec.encode(__import__("pandas").DataFrame([cond] * 200)))
+        with torch.no_grad():
+            img = net.G(torch.randn(200, 32, generator=torch.Generator().manual_seed(1)), c, noise_mode="const")
+        x = ((img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255) / 255.0).numpy().reshape(200, -1)
+        acc = float((clf.predict(x) == cond["label"]).mean())
+        assert acc >= 0.9, (cond, acc)

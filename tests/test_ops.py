@@ -97,7 +97,7 @@ def test_r1_through_ada_uses_only_our_sampler():
     r1.backward()
     grads = [p.grad for p in D.parameters() if p.grad is not None]  # an output bias has no R1 gradient
     assert len(grads) > len(list(D.parameters())) // 2 and all(torch.isfinite(g).all() for g in grads)
-    assert float(D.fromrgb.weight.grad.abs().sum()) > 0
+    assert float(D.b16.fromrgb.weight.grad.abs().sum()) > 0
 
 
 def test_ada_output_unchanged_by_the_new_sampler():

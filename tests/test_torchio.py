@@ -77,21 +77,25 @@ def test_every_network_file_loads_with_weights_only(tmp_path):
 
 
 def test_first_format_networks_are_converted_and_others_refused(tmp_path):
-    """A network of the first format (before runs were unified) loads as the current one; a file
-    that is not a network, or a newer format, is refused with what to do."""
+    """A mask network of the first format (before runs were unified) loads as the current one; a
+    StyleGAN2 network of the earlier bilinear architecture (formats 1 and 2), a file that is not a
+    network, or a newer format, is refused with what to do."""
     from histosynth.gan import checkpoint as ckpt
     from histosynth.utils import UserError
 
     old = {"G": {"w": torch.ones(2)}, "G_ema": {"w": torch.ones(2)}, "options": {"kimg": 1.0},
            "conditioning": {"kind": "class"}, "augment": {"p": 0.2}, "pl_mean": torch.tensor(1.5),
            "training_set": {"n_tiles": 3, "patients": ["P1"]}}
-    torch.save(old, tmp_path / "v1.pt")
-    ck = ckpt.load(tmp_path / "v1.pt")
-    assert (ck["format"], ck["version"], ck["kind"]) == ("histosynth-gan", 2, "class")
-    assert ck["loss"]["augment"] == {"p": 0.2} and float(ck["loss"]["pl_mean"]) == 1.5 and "augment" not in ck
-    assert ckpt.read_metadata(tmp_path / "v1.pt")["training_set"]["patients"] == ["P1"]
     torch.save(dict(old, kind="mask"), tmp_path / "v1-mask.pt")
-    assert ckpt.load(tmp_path / "v1-mask.pt")["kind"] == "mask"
+    ck = ckpt.load(tmp_path / "v1-mask.pt")
+    assert (ck["format"], ck["version"], ck["kind"]) == ("histosynth-gan", 3, "mask")
+    assert ck["loss"]["augment"] == {"p": 0.2} and float(ck["loss"]["pl_mean"]) == 1.5 and "augment" not in ck
+    assert ckpt.read_metadata(tmp_path / "v1-mask.pt")["training_set"]["patients"] == ["P1"]
+    torch.save(old, tmp_path / "v1.pt")
+    torch.save(ckpt.training_state("class", G_ema={}, options={}) | {"version": 2}, tmp_path / "v2.pt")
+    for name in ("v1.pt", "v2.pt"):
+        with pytest.raises(UserError, match="earlier architecture.*train it again"):
+            ckpt.load(tmp_path / name)
 
     torch.save({"state_dict": {"w": torch.ones(1)}}, tmp_path / "classifier.pt")
     with pytest.raises(UserError, match="not a histosynth GAN network"):

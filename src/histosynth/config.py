@@ -117,8 +117,12 @@ def coerce(cfg: dict, schema: dict | None = None) -> dict:
 def validate(cfg: dict, source="config") -> dict:
     import jsonschema
 
+    from histosynth.gan.presets import apply_preset
+
     schema = yaml.safe_load(schema_path().read_text())
     coerce(cfg, schema)
+    if isinstance(cfg.get("gan"), dict):
+        apply_preset(cfg["gan"])  # before the defaults: a preset fills only the keys not written
     v = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(v.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:

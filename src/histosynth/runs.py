@@ -59,6 +59,19 @@ class RunSpec:
         return cls(name, kind, gan)
 
 
+def _override(gan: dict, changes: dict) -> dict:
+    """A second run's gan options: the gan run's, with `changes` (its own preset applied to the
+    keys `changes` leaves out); a pretrained network is the gan run's alone."""
+    from histosynth.gan.presets import apply_preset
+
+    o = copy.deepcopy(gan)
+    o.update(changes)
+    o["pretrained"] = changes.get("pretrained")
+    if "preset" in changes:
+        apply_preset(o, explicit=changes)
+    return o
+
+
 def resolve_runs(config: dict) -> dict[str, RunSpec]:
     """Every run of a validated config, by name (the gan run first)."""
     from histosynth.config import validate
@@ -69,8 +82,8 @@ def resolve_runs(config: dict) -> dict[str, RunSpec]:
     if ex["enabled"] and gan["conditioning"] != "expression":
         if ex["run_name"] in runs:
             raise UserError(f"expression.run_name {ex['run_name']!r} must differ from gan.name")
-        o = copy.deepcopy(gan)
-        o.update(ex["gan"], name=ex["run_name"], conditioning="expression")
+        o = _override(gan, ex["gan"])
+        o.update(name=ex["run_name"], conditioning="expression")
         runs[ex["run_name"]] = RunSpec.of_gan(validate({"gan": o}, "expression.gan")["gan"])
     m = config["masks"]
     if m["enabled"]:
@@ -78,8 +91,8 @@ def resolve_runs(config: dict) -> dict[str, RunSpec]:
 
         if m["run_name"] in runs:
             raise UserError(f"masks.run_name {m['run_name']!r} must differ from the other runs' names {sorted(runs)}")
-        o = copy.deepcopy(gan)
-        o.update(m.get("gan") or {}, name=m["run_name"], conditioning="none")
+        o = _override(gan, m.get("gan") or {})
+        o.update(name=m["run_name"], conditioning="none")
         # conditioning is "none" in the gan section (no class input); the kind says "mask"
         runs[m["run_name"]] = RunSpec.of_masks(validate({"gan": o}, "masks.gan")["gan"], resolve_labels(m))
     return runs

@@ -7,14 +7,13 @@ from urllib.parse import urlsplit
 import pandas as pd
 from snakemake.utils import validate
 
-# `--config 'gan={kimg: 20}'` passes nested values as text: read them as the schema's types first.
-from histosynth.config import coerce as _hs_coerce, validate as _hs_validate
-
-_hs_coerce(config)
-validate(config, schema="../schemas/config.schema.yaml", set_default=True)
-# Nested defaults too (snakemake fills the top level); the same code the CLI uses.
+# `--config 'gan={kimg: 20}'` passes nested values as text: histosynth's validation reads them as
+# the schema's types, fills a gan.preset's values and every nested default (the same code the CLI
+# uses); snakemake's validation follows, on the completed config.
+from histosynth.config import validate as _hs_validate
 
 _hs_validate(config, "config")
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 GAN = config["gan"]["name"]
 SLIDE_DIR = config["acquire"]["slide_dir"]  # downloads land in SLIDE_DIR/<slide>.<ext>

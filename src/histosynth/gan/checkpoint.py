@@ -4,7 +4,8 @@ A checkpoint (``checkpoint.pt``, the resume point, and ``network.pt``, the final
 of tensors and plain data, read with ``torch.load(weights_only=True)`` (histosynth.torchio), so
 opening a network file someone sent you cannot execute code from it:
 
-  format, version        "histosynth-gan", 2
+  format, version        "histosynth-gan", 3
+  imported               (networks from other tools) {"source", "md5", "tool"}: see histosynth.gan.imports
   kind                   class | attributes | vector | expression | none | mask
   G, D, G_ema            state dicts
   opt_G, opt_D, loss     optimiser states; the loss object's state (ADA p, path-length mean)
@@ -15,7 +16,8 @@ opening a network file someone sent you cannot execute code from it:
   training_set           {"n_tiles", "patients"}: whom the network has seen
 
 :func:`load_generator` builds the EMA generator of any kind from it. Checkpoints of the first
-format (before runs were unified: no ``format`` key) are read and converted on loading.
+format (before runs were unified: no ``format`` key) are read and converted on loading; StyleGAN2
+networks of versions 1 and 2 (the earlier bilinear architecture) are refused with what to do.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ import torch
 from histosynth import torchio
 from histosynth.utils import UserError
 
-FORMAT, VERSION = "histosynth-gan", 2
+FORMAT, VERSION = "histosynth-gan", 3
+ARCHITECTURE_VERSION = 3  # StyleGAN2 kinds: stylegan2-ada's layout and FIR resampling from version 3 on
 HINT = ("train it again with the train_gan rule (for a resume point, delete results/gan/<run>/checkpoint.pt to "
         "start over)")
 
@@ -46,13 +49,19 @@ def _upgrade(ck: dict, path) -> dict:
         if ck.get("version", 0) > VERSION:
             raise UserError(f"{path}: network format version {ck['version']} is newer than this histosynth reads "
                             f"({VERSION}); update histosynth")
-        return ck
-    if not {"G_ema", "options"} <= set(ck):
+    elif not {"G_ema", "options"} <= set(ck):
         raise UserError(f"{path} is not a histosynth GAN network (no G_ema/options); give a results/gan/<run>/network.pt")
-    ck = dict(ck)  # version 1: the mask run marked itself kind "mask"; ADA state and pl_mean at the top level
-    kind = "mask" if ck.get("kind") == "mask" else ck["conditioning"]["kind"]
-    loss = {k: ck.pop(k) for k in ("augment", "pl_mean") if k in ck}
-    return training_state(kind, **{k: v for k, v in ck.items() if k != "kind"}, loss=loss)
+    else:
+        ck = dict(ck)  # version 1: the mask run marked itself kind "mask"; ADA state and pl_mean at the top level
+        kind = "mask" if ck.get("kind") == "mask" else ck["conditioning"]["kind"]
+        loss = {k: ck.pop(k) for k in ("augment", "pl_mean") if k in ck}
+        ck = training_state(kind, **{k: v for k, v in ck.items() if k != "kind"}, loss=loss)
+        ck["version"] = 1
+    if ck["kind"] != "mask" and ck["version"] < ARCHITECTURE_VERSION:
+        raise UserError(f"{path}: a StyleGAN2 network of histosynth's earlier architecture (bilinear resampling, "
+                        f"format version {ck['version']}), which stylegan2-ada's (FIR filters, its module layout) "
+                        f"replaced in version {ARCHITECTURE_VERSION}; {HINT}")
+    return dict(ck, version=VERSION)
 
 
 def load(path) -> dict:

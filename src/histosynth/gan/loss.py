@@ -24,8 +24,10 @@ def r1_penalty(D, real, c, aug):
     return grad.square().sum(dim=[1, 2, 3]).mean()
 
 
-def path_length_penalty(G, z, c, pl_mean: torch.Tensor, decay=0.01):
+def path_length_penalty(G, z, c, pl_mean: torch.Tensor, decay=0.01, style_mixing=0.0):
     ws = G.mapping(z, c)
+    if style_mixing > 0:
+        ws = G.mix_styles(ws, c, style_mixing)
     img = G.synthesis(ws)
     noise = torch.randn_like(img) / np.sqrt(img.shape[2] * img.shape[3])
     (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
@@ -61,13 +63,15 @@ class StyleGAN2Loss:
         o, out = self.o, {}
         if phase == "G":
             with self.amp():
-                batch["fake"] = self.G_fwd(batch["z"], batch["c_fake"], update_w_avg=True)
+                batch["fake"] = self.G_fwd(batch["z"], batch["c_fake"], update_w_avg=True,
+                                           style_mixing=o["style_mixing"])
                 loss = g_main_loss(self.D_fwd, batch["fake"], batch["c_fake"], self.aug)
             loss.backward()
             out["loss_G"] = loss.detach()
             if do_reg:
                 n = max(1, batch["z"].shape[0] // 2)
-                pen, self.pl_mean = path_length_penalty(self.G, batch["z"][:n], batch["c_fake"][:n], self.pl_mean)
+                pen, self.pl_mean = path_length_penalty(self.G, batch["z"][:n], batch["c_fake"][:n], self.pl_mean,
+                                                     style_mixing=o["style_mixing"])
                 (pen * o["pl_weight"] * o["pl_interval"]).backward()
                 out["pl"] = pen.detach()
             return out

@@ -16,7 +16,7 @@ from histosynth.gan.conditioning import ConditioningSpec
 from histosynth.gan.dataset import TileSource, random_dihedral, sampling_weights, to_float
 from histosynth.gan.loss import LabelMapLoss, StyleGAN2Loss
 from histosynth.gan.mask_networks import build_mask_discriminator, build_mask_generator, one_hot
-from histosynth.gan.networks import Discriminator, build_generator
+from histosynth.gan.networks import build_discriminator, build_generator
 from histosynth.images import grid, save_png
 from histosynth.masks.build import load_maps
 from histosynth.masks.labels import LabelSet
@@ -58,8 +58,7 @@ class StyleGAN2Kind:
 
     def build(self):
         o = self.o
-        return build_generator(o, self.spec.dim), Discriminator(self.spec.dim, o["resolution"], o["channel_base"],
-                                                                     o["channel_max"])
+        return build_generator(o, self.spec.dim), build_discriminator(o, self.spec.dim)
 
     def optimizers(self, G, D):
         """Adam with stylegan2's lazy-regularisation correction of lr and beta2."""
