@@ -68,6 +68,11 @@ COMMANDS = {
                          ("--class-index", {**INT, "help": "index of the one-hot class vector"}),
                          ("--trunc", {**FLOAT, "default": 1.0, "help": "truncation psi, towards the mean w"}),
                          ("--noise-mode", {"choices": ["const", "random", "none"], "default": "const"})]),
+    "import-stylegan2": ("histosynth.commands.gan:import_stylegan2", "a stylegan2-ada-pytorch or slideflow StyleGAN2 "
+                        "pickle as a histosynth network.pt (read without running anything from the file)", [],
+                        ["--pkl", "--out", ("--class-names", {"help": "comma-separated names of the label indices "
+                                                                      "0, 1, ... (default class0, class1, ...)"}),
+                         ("--name", {"default": "imported", "help": "run name recorded in the network"})]),
     "fit-segmenter": ("histosynth.commands.masks:fit_segmenter", "fit the colour-deconvolution segmenter (auto label "
                       "maps) on training tiles", ["masks"], ["--tiles", "--out"]),
     "label-maps": ("histosynth.commands.masks:label_maps", "label maps of one slide's tiles (auto segmenter or QuPath "

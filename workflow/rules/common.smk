@@ -119,6 +119,8 @@ def gan_inputs(wildcards):
     }
     if kind == "expression":
         inputs["embeddings"] = "results/expression/embeddings.parquet"
+    if RUNS[wildcards.run].gan["pretrained"]:
+        inputs["pretrained"] = RUNS[wildcards.run].gan["pretrained"]
     return inputs
 
 

@@ -56,11 +56,15 @@ def arm_names(opts):
 
 def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patients, opts: dict, device="cpu",
               progress=True):
-    """Returns (predictions DataFrame, {arm: metrics})."""
+    """Returns (predictions DataFrame, {arm: metrics}). `gan_training_patients`: the patients whose
+    tiles trained the GAN (none may be a test patient), or None when unknown (an imported network)."""
     from tqdm import tqdm
 
     train, test = real_sets(tiles, opts["train_partitions"])
-    leaked = sorted(set(test["patient_id"]) & set(gan_training_patients))
+    if gan_training_patients is None:
+        log.warning("the GAN's training patients are unknown (an imported network): whether it saw this study's %d "
+                    "test patients cannot be checked", test["patient_id"].nunique())
+    leaked = sorted(set(test["patient_id"]) & set(gan_training_patients or ()))
     if leaked:
         raise UserError(f"test patient(s) {leaked[:5]} were in the GAN's training set; the study would be biased. "
                         f"Retrain the GAN on the current split.")

@@ -31,11 +31,14 @@ def classify(opts: dict, tiles, synthetic, network, outdir, progress=True):
 
     index, fake = read_index(tiles), read_index(synthetic)
     check_field_of_view(index, fake)
-    seen = read_metadata(network)["training_set"]["patients"]  # the GAN's patients, never tested on
+    meta = read_metadata(network)
+    seen = meta["training_set"]["patients"]  # the GAN's patients, never tested on (None: imported, unknown)
     pred, metrics, classes = run_study(index, fake, seen, opts, default_device(), progress=progress)
     outdir = Path(outdir)
     write_index(pred, outdir / "predictions.parquet")
     study_plot(metrics, outdir / "study.png")
-    write_json(outdir / "study.json", {"classes": classes, "metrics": metrics, "options": opts})
+    write_json(outdir / "study.json", {"classes": classes, "metrics": metrics, "options": opts,
+                                       "gan_training_patients_known": seen is not None,
+                                       "imported_network": meta.get("imported")})
     for k, m in metrics.items():
         log.info("%-16s AUC %.3f [%.3f, %.3f]  bal.acc %.3f", k, m["auc"], *m["auc_ci95"], m["balanced_accuracy"])

@@ -33,3 +33,16 @@ def train_gan(run: RunSpec, tiles, outdir, embeddings=None, threads=1, progress=
                             "from the train_vae rule)")
         index = attach_embeddings(index, read_index(embeddings))
     train_run(run, index, outdir, progress=progress, threads=threads)
+
+
+def import_stylegan2(pkl, out, class_names=None, name="imported"):
+    """``histosynth import-stylegan2``: a stylegan2-ada / slideflow pickle as a histosynth network."""
+    from histosynth.gan.imports import import_stylegan2 as read_network
+
+    names = [n.strip() for n in class_names.split(",")] if class_names else None
+    ck = read_network(pkl, out, class_names=names, name=name)
+    o = ck["options"]
+    log.info("imported %s (%s, MD5 %s): %d px, z %d, w %d, %s, channels base %d max %d; discriminator %s -> %s",
+             pkl, ck["imported"]["tool"], ck["imported"]["md5"], o["resolution"], o["z_dim"], o["w_dim"],
+             f"classes {ck['conditioning']['categories']['label']}" if ck["kind"] == "class" else "unconditional",
+             o["channel_base"], o["channel_max"], "included" if ck["D"] is not None else "left out", out)

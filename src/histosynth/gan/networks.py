@@ -140,8 +140,10 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
     b = x.shape[0]
     x = x * styles.to(x.dtype).reshape(b, -1, 1, 1)
     x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up=up, padding=padding, flip_weight=flip_weight)
-    if demodulate:  # sum_i s_i^2 sum_k w_oik^2, without the (B, O, I, k, k) weight tensor
-        dcoefs = (styles.float().square() @ weight.float().square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
+    if demodulate:  # sum_i s_i^2 sum_k w_oik^2, without the (B, O, I, k, k) weight tensor, in fp32 at least
+        dt = torch.promote_types(styles.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            dcoefs = (styles.to(dt).square() @ weight.to(dt).square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
         x = x * dcoefs.to(x.dtype).reshape(b, -1, 1, 1)
     if noise is not None:
         x = x + noise.to(x.dtype)

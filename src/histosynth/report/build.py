@@ -63,10 +63,12 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
                    "partitions": {k: int(v) for k, v in kept.groupby("partition")["patient_id"].nunique().items()}},
         "gan": {gan_run: {"kimg": stats[-1]["kimg"] if stats else 0, "resolution": opts["resolution"],
                           "conditioning": opts["conditioning"], "n_train_tiles": opts["n_train_tiles"],
-                          "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"]}},
+                          "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"],
+                          "imported": opts.get("imported")}},
         "metrics": {gan_run: ev},
         "concordance": {gan_run: metrics["concordance"]},
         "classifier": study["metrics"],
+        "study_gan_patients_known": study.get("gan_training_patients_known", True),
     }
 
 
@@ -230,8 +232,16 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
         parts.append(f"<figure>{_img(p, 220)}<figcaption>{html.escape(sid)}</figcaption></figure>")
     parts.append("</div>")
     g = summary["gan"][gan_run]
-    parts.append(f"<h2>GAN: {html.escape(gan_run)}</h2><p>{g['conditioning']}-conditional, {g['resolution']} px, "
-                 f"{g['kimg']:.1f} kimg on {html.escape(str(g['device']))}, {g['n_train_tiles']} training tiles.</p>")
+    if g.get("imported"):
+        imp = g["imported"]
+        parts.append(f"<h2>GAN: {html.escape(gan_run)}</h2><p class=warn>Network <b>imported</b>, not trained by this "
+                     f"workflow: {html.escape(imp['source'])} (MD5 {html.escape(imp['md5'])}, from "
+                     f"{html.escape(imp['tool'])}); {g['conditioning']}-conditional, {g['resolution']} px. Which "
+                     f"patients it was trained on is {'recorded in the file' if imp['tool'] == 'histosynth' else 'unknown to histosynth'}."
+                     f"</p>")
+    else:
+        parts.append(f"<h2>GAN: {html.escape(gan_run)}</h2><p>{g['conditioning']}-conditional, {g['resolution']} px, "
+                     f"{g['kimg']:.1f} kimg on {html.escape(str(g['device']))}, {g['n_train_tiles']} training tiles.</p>")
     parts.append("<div class=grid><figure>" + _img(gan_dir / "samples" / "reals.png", 420) +
                  "<figcaption>real training tiles (one row per class)</figcaption></figure><figure>" +
                  (_img(fakes[-1], 420) if fakes else "") + "<figcaption>generated, same classes per row (G_ema)</figcaption></figure></div>")
@@ -261,6 +271,10 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                  f"<b>{c['weak']:.1%}</b> of generated tiles to their intended class (weak concordance) and "
                  f"<b>{c['strong']:.1%}</b> with probability ≥ {c['strong_threshold']} (strong), over {c['n']} tiles.</p>")
     parts.append("<h2>Augmentation study (held-out real test patients)</h2>" + _img(classify_dir / "study.png"))
+    if not summary.get("study_gan_patients_known", True):
+        parts.append("<p class=warn>The generator's training patients are unknown (imported network), so it may have "
+                     "seen this study's test patients: the synthetic and mixed arms can be optimistic. Read their gains "
+                     "as an upper bound.</p>")
     rows = [{"arm": a, "AUC": m["auc"], "AUC 95% CI": m["auc_ci95"], "balanced acc.": m["balanced_accuracy"],
              "bal. acc. 95% CI": m["balanced_accuracy_ci95"], "F1": m["f1"], "seeds": m["n_seeds"],
              "test patients": m["n_test_patients"], "real train tiles": m["n_train_real"],

@@ -42,6 +42,8 @@ def training_plot(stats_jsonl, path):
     ax[0].set_xlabel("kimg")
     ax[0].set_ylabel("loss")
     ax[0].legend()
+    if not rows:
+        ax[0].set_title("no training ticks (an imported network)")
     if rows and "augment_p" in rows[0]:
         ax[1].plot(k, [r["augment_p"] for r in rows], label="augment p")
     else:  # mask runs: the generator's loss terms

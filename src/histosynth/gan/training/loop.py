@@ -49,6 +49,15 @@ def train_run(run: RunSpec, tiles: pd.DataFrame, outdir, progress: bool = True, 
     if opts["batch"] % world:
         raise UserError(f"batch ({opts['batch']}) must be divisible by the number of processes ({world})")
     threads = max(1, threads)
+    if opts["pretrained"]:
+        from histosynth.gan.training.pretrained import adopt_pretrained
+
+        if run.kind == "mask":
+            raise UserError(f"run {run.name}: a mask run trains its own SPADE/pix2pix generator; remove "
+                            f"masks.gan.pretrained (gan.pretrained is for StyleGAN2 networks)")
+        if world > 1:
+            raise UserError(f"run {run.name} adopts gan.pretrained instead of training: run it as one process (gan.gpus 1)")
+        return adopt_pretrained(run, tiles, outdir, device, threads)
     kind = (LabelMapKind(tiles, opts, run.masks, device, threads) if run.kind == "mask"
             else StyleGAN2Kind(tiles, opts, device, threads))
     return training_loop(kind, opts, outdir, world, rank, device, progress)
