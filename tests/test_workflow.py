@@ -162,6 +162,12 @@ def test_dry_run_lists_the_dag_and_single_rule_rerun(workdir):
     assert "train_gan" in r.stdout  # a longer run: training goes on from its checkpoint
     r = run(["-n", "--config", "gan={batch: eight}"], workdir)
     assert r.returncode != 0 and "'gan.batch': 'eight' is not an integer" in r.stdout + r.stderr
+    # gan.pretrained: train_gan of the gan run (only) takes the network file as an input
+    (workdir / "net.pkl").write_bytes(b"not read by a dry run")
+    r = run(["-n", "networks", "--config", "gan={pretrained: net.pkl}"], workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "input: results/split/tiles.parquet, net.pkl" in r.stdout
+    (workdir / "net.pkl").unlink()
     r = run(["-R", "evaluate"], workdir)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((workdir / "results/evaluate/stylegan2-class/metrics.json").read_text())["metrics"]["domain"]

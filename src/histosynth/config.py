@@ -117,7 +117,7 @@ def coerce(cfg: dict, schema: dict | None = None) -> dict:
 def validate(cfg: dict, source="config") -> dict:
     import jsonschema
 
-    from histosynth.gan.presets import apply_preset
+    from histosynth.presets import apply_preset
 
     schema = yaml.safe_load(schema_path().read_text())
     coerce(cfg, schema)

@@ -61,12 +61,12 @@ class RunSpec:
 
 def _override(gan: dict, changes: dict) -> dict:
     """A second run's gan options: the gan run's, with `changes` (its own preset applied to the
-    keys `changes` leaves out); a pretrained network is the gan run's alone."""
-    from histosynth.gan.presets import apply_preset
+    keys `changes` leaves out); a pretrained network (and its class names) is the gan run's alone."""
+    from histosynth.presets import apply_preset
 
     o = copy.deepcopy(gan)
     o.update(changes)
-    o["pretrained"] = changes.get("pretrained")
+    o["pretrained"], o["pretrained_classes"] = changes.get("pretrained"), changes.get("pretrained_classes")
     if "preset" in changes:
         apply_preset(o, explicit=changes)
     return o

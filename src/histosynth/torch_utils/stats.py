@@ -21,6 +21,8 @@ class StatsLog:
     def __init__(self, outdir, enabled: bool, rank: int):
         self.path = Path(outdir) / "stats.jsonl"
         self.rank, self.tb = rank, None
+        if rank == 0:  # exists even when a run resumed at its end has no tick left to write
+            self.path.touch()
         if rank == 0 and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
