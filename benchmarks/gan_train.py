@@ -7,7 +7,9 @@ reported as a ratio to the first (the baseline), because these machines are nois
 
 A setting is precision + options joined by '+': `fp32` or `bf16`, then any of `compile`
 (torch.compile of G and D), `ada` (stylegan2-ada's pipeline held at p = --ada-p, so the
-geometric warp and R1 through it run at every R1 step) or `diffaug`; no augmentation otherwise.
+geometric warp and R1 through it run at every R1 step) or `diffaug`; no augmentation otherwise;
+`nopl` and `nomix` turn off path-length regularisation and style mixing (stylegan2-ada's
+defaults, on otherwise: the cost of each is the ratio of a setting with and without it).
 
   python benchmarks/gan_train.py          # GPU: paper256, bf16 | bf16+ada | bf16+compile | bf16+compile+ada
                                           # CPU: demo64, fp32 | fp32+ada
@@ -66,11 +68,12 @@ def make_tiles(tmp: Path, n: int, px: int) -> pd.DataFrame:
 
 def parse_setting(name: str, ada_p: float) -> dict:
     parts = name.split("+")
-    if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"compile", "ada", "diffaug"}:
-        raise SystemExit(f"unknown setting {name!r}: fp32|bf16 followed by +compile, +ada, +diffaug")
+    if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"compile", "ada", "diffaug", "nopl", "nomix"}:
+        raise SystemExit(f"unknown setting {name!r}: fp32|bf16 followed by +compile, +ada, +diffaug, +nopl, +nomix")
     augment = "ada" if "ada" in parts else "diffaugment" if "diffaug" in parts else "none"
+    off = {**({"pl_weight": 0.0} if "nopl" in parts else {}), **({"style_mixing": 0.0} if "nomix" in parts else {})}
     return dict(precision=parts[0], compile="compile" in parts, augment=augment,
-                ada_p=ada_p if augment == "ada" else None)
+                ada_p=ada_p if augment == "ada" else None, **off)
 
 
 def main():
