@@ -325,3 +325,16 @@ def test_gan_pretrained_adopts_a_pickle_instead_of_training(tmp_path):
     with pytest.raises(UserError, match="makes 16 px tiles but gan.resolution is 32"):
         train(index, tmp_path / "bad", dict(opts(), resolution=32), progress=False)
     assert not (tmp_path / "bad" / "network.pt").exists()
+
+
+def test_widths_are_recovered_from_the_channels_of_each_resolution():
+    """channel_base / channel_max read back from a network's layer shapes give the same channels
+    at every resolution (NVIDIA's power-of-two bases and any other); impossible layouts are refused."""
+    from histosynth.gan.imports import _widths
+
+    for base, cmax, res in [(16384, 512, 256), (1000, 64, 64), (32768, 512, 1024), (256, 16, 16), (4096, 512, 8)]:
+        per_res = {r: N.channels(r, base, cmax) for r in [2 ** i for i in range(2, res.bit_length())]}
+        b, m = _widths(per_res, "G", "net.pkl")
+        assert {r: N.channels(r, b, m) for r in per_res} == per_res
+    with pytest.raises(UserError, match="not min"):
+        _widths({4: 8, 8: 16, 16: 8}, "G", "net.pkl")

@@ -161,14 +161,15 @@ def _refuse_unknown(net: Persistent, what: str, path) -> None:
 
 
 def _widths(per_res: dict, what: str, path) -> tuple[int, int]:
-    """(channel_base, channel_max) that give these channels per resolution."""
+    """(channel_base, channel_max) that give these channels per resolution, as min(base // r, max)."""
     cmax = max(per_res.values())
     below = {r: c for r, c in per_res.items() if c < cmax}
-    base = max(below.items())[0] * max(below.items())[1] if below else cmax * max(per_res)
-    if any(min(base // r, cmax) != c for r, c in per_res.items()):
-        raise UserError(f"{path}: the {what}'s channels per resolution {per_res} are not min(base / r, max) for any "
-                        f"base and max; not a stylegan2-ada layout")
-    return base, cmax
+    r, c = max(below.items()) if below else (max(per_res), cmax)
+    for base in range(r * c, r * (c + 1)):  # every base with base // r == c at that resolution
+        if all(min(base // q, cmax) == n for q, n in per_res.items()):
+            return base, cmax
+    raise UserError(f"{path}: the {what}'s channels per resolution {per_res} are not min(base / r, max) for any "
+                    f"base and max; not a stylegan2-ada layout")
 
 
 def _generator_options(G: Persistent, path) -> dict:
