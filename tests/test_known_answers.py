@@ -138,3 +138,44 @@ def test_truncation_zero_and_blend_endpoints(tmp_path):
                 want = to_uint8(G(z, torch.tensor([c]), noise_mode="const"))[0]
                 got = grid[row * 16:(row + 1) * 16, col * 16:(col + 1) * 16]
                 assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, (names, row, col)
+
+
+def test_layer_wise_blending_and_the_crossing_point(tmp_path):
+    """Layer groups follow the resolutions (32 px: coarse 4-8, middle 16-32, no fine); a coarse
+    blend at t=1 takes the second class's w in the coarse layers only; every group's blend starts
+    at the first class's image and the all-layer blend ends at the second's; the crossing point
+    of a curve is where it reaches 0.5, linearly between points; the MP4 holds the frames."""
+    import imageio_ffmpeg
+
+    from histosynth.gan.networks import Generator
+    from histosynth.generate.blend import blend_ws, crossing, layer_blend_frames, layer_groups, layer_resolutions
+    from histosynth.generate.sample import write_mp4, z_from_seeds
+    from histosynth.torch_utils.images import to_uint8
+
+    torch.manual_seed(0)
+    G = Generator(8, 2, 16, 32, 256, 16, 2).eval()
+    assert layer_resolutions(G) == [4, 8, 8, 16, 16, 32, 32, 32]
+    assert layer_groups(G) == {"all": list(range(8)), "coarse": [0, 1, 2], "middle": [3, 4, 5, 6, 7]}
+    assert set(layer_groups(Generator(8, 2, 16, 128, 1024, 16, 2))) == {"all", "coarse", "middle", "fine"}
+    ca, cb, z = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), z_from_seeds([0, 1], 8)
+    with torch.no_grad():
+        ws = blend_ws(G, z, ca, cb, 1.0, [0, 1, 2])
+        wa, wb = G.mapping(z, ca.expand(2, -1)), G.mapping(z, cb.expand(2, -1))
+        assert torch.equal(ws[:, :3], wb[:, :3]) and torch.equal(ws[:, 3:], wa[:, 3:])
+        pure = [to_uint8(G(z, c.expand(2, -1), noise_mode="const")) for c in (ca, cb)]
+    for layers in layer_groups(G).values():
+        frames = layer_blend_frames(G, ca, cb, [0, 1], 3, layers)
+        assert np.array_equal(frames[0], pure[0])
+    assert np.array_equal(layer_blend_frames(G, ca, cb, [0, 1], 3, range(8))[-1], pure[1])
+
+    t = np.linspace(0, 1, 11)
+    assert crossing(t, t) == pytest.approx(0.5) and crossing(t, 0.3 + 0.4 * t ** 2) == pytest.approx(0.5 ** 0.5, abs=0.01)
+    assert crossing(t, 0.2 * t) is None and crossing(t, 1 - 0.1 * t) == 0.0
+
+    frames = [np.full((16, 40, 3), v, np.uint8) for v in (0, 100, 200)]
+    write_mp4(frames, tmp_path / "b.mp4", scale=2)
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "b.mp4"))
+    meta = next(reader)
+    got = [np.frombuffer(f, np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for f in reader]
+    assert meta["size"] == (80, 32) and len(got) == 3
+    assert [int(round(f.mean())) for f in got] == pytest.approx([0, 100, 200], abs=3)

@@ -73,6 +73,14 @@ def test_summary_has_every_design_key_with_measured_values(workdir):
     assert s["classifier"]["real"]["n_train_synthetic"] == 0 and s["classifier"]["synthetic"]["n_train_real"] == 0
     html = (workdir / "results/report/summary.html").read_text()
     assert "data:image/png;base64" in html and "real-vs-real" in html and "BELOW min_samples" in html
+    # blending as Dolezal et al.: video, layer groups (32 px: coarse and middle), P(second class) along each
+    b = s["blend"]["stylegan2-class"]
+    assert set(b["groups"]) == {"all", "coarse", "middle"} and b["class"] in ("normal", "tumor")
+    for g in b["groups"].values():
+        assert len(g["p_mean"]) == 21 and all(0 <= p <= 1 for p in g["p_mean"])
+        assert g["crossing"] is None or 0 <= g["crossing"] <= 1
+    assert set(s["blend"]) == {"stylegan2-class", "stylegan2-expression"} and "Blending analysed" in html
+    assert (workdir / "results/evaluate/stylegan2-class/blend.mp4").read_bytes()[4:8] == b"ftyp"
 
 
 def test_mask_run_end_to_end(workdir):

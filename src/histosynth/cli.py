@@ -60,7 +60,10 @@ COMMANDS = {
                           ["--tiles", "--heldout", "--reference", "--transform", "--out", "--features?", "--grid?"]),
     "generate": ("histosynth.commands.generate:generate", "bulk-generate labelled synthetic tiles (+ class blending)",
                  ["generate"], ["--network", "--tiles", "--outdir", "--out-index", "--blend-png?", "--blend-gif?",
-                                "--latent-png?", "--latent-gif?"]),
+                                "--latent-png?", "--latent-gif?", "--blend-mp4?"]),
+    "blend-analysis": ("histosynth.commands.generate:blend_analysis", "layer-wise class blends and the reference "
+                       "classifier's probability along them", ["generate"],
+                       ["--network", "--reference", "--out-json", "--out-png", "--out-layers"]),
     "generate-images": ("histosynth.commands.generate:generate_images", "one PNG per seed, as NVIDIA's generate.py "
                         "(z = RandomState(seed).randn(1, z_dim))", [],
                         ["--network", ("--seeds", {"required": True, "help": "e.g. 0-7, 1,3,5 or 0-3,10"}), "--outdir",

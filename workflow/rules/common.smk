@@ -33,6 +33,10 @@ except _UserError as _exc:
 STYLE_RUNS = [r for r, s in RUNS.items() if s.kind != "mask"]
 EXPR_RUNS = [r for r, s in RUNS.items() if s.kind == "expression"]
 MASK_RUN = next((r for r, s in RUNS.items() if s.kind == "mask"), None)
+# runs whose network blends between two conditions (classes, attribute combinations, profiles)
+BLEND_RUNS = [
+    r for r, s in RUNS.items() if s.kind in ("class", "attributes", "expression")
+]
 MASKS = RUNS[MASK_RUN].masks if MASK_RUN else config["masks"]  # labels resolved
 for _name, _spec in RUNS.items():
     if _spec.gan["resolution"] != config["tiles"]["tile_px"]:
@@ -259,6 +263,15 @@ def report_inputs(wildcards):
                 f"{ev}/{f}"
                 for f in ("blend.png", "blend.gif", "latent.png", "latent.gif")
             ]
+        if r in BLEND_RUNS:
+            files += [
+                f"{ev}/{f}"
+                for f in (
+                    "blend_probability.json",
+                    "blend_probability.png",
+                    "blend_layers.png",
+                )
+            ]
         if spec.kind == "expression":
             files += [f"{ev}/profiles.json", f"{ev}/heldout.png"]
             if (
@@ -283,6 +296,7 @@ def stage_outputs(stage):
         return [f"results/generate/{r}/synthetic.parquet" for r in RUNS]
     out = [f"results/evaluate/{r}/metrics.json" for r in STYLE_RUNS]
     out += [f"results/evaluate/{r}/profiles.json" for r in EXPR_RUNS]
+    out += [f"results/evaluate/{r}/blend_probability.json" for r in BLEND_RUNS]
     return out + ([f"results/evaluate/{MASK_RUN}/layout.json"] if MASK_RUN else [])
 
 

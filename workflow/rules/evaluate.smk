@@ -75,3 +75,35 @@ rule evaluate:
         "{params.hs} -q evaluate --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
         "--reference {input.reference} --real-partitions {params.partitions} --features {input.features} "
         "--out {output.metrics} > {log} 2>&1"
+
+
+rule blend_analysis:
+    input:
+        network="results/gan/{run}/network.pt",
+        reference="results/evaluate/reference_classifier.pt",
+    output:
+        json="results/evaluate/{run}/blend_probability.json",
+        plot=report(
+            "results/evaluate/{run}/blend_probability.png",
+            caption="../report/blend_probability.rst",
+            category="Generation",
+            subcategory="{run}",
+        ),
+        layers="results/evaluate/{run}/blend_layers.png",
+    log:
+        "logs/blend_analysis/{run}.log",
+    wildcard_constraints:
+        run=_one_of(BLEND_RUNS),
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=GPU_ONE,
+    params:
+        hs=HISTOSYNTH,
+        opts=opts("generate"),
+    shell:
+        "{params.hs} -q blend-analysis --options {params.opts:q} --network {input.network} "
+        "--reference {input.reference} --out-json {output.json} --out-png {output.plot} "
+        "--out-layers {output.layers} > {log} 2>&1"

@@ -52,6 +52,7 @@ rule generate:
             subcategory="{run}",
         ),
         latent_gif="results/evaluate/{run}/latent.gif",
+        mp4="results/evaluate/{run}/blend.mp4",
     log:
         "logs/generate/{run}.log",
     wildcard_constraints:
@@ -69,4 +70,4 @@ rule generate:
     shell:
         "{params.hs} -q generate --options {params.opts:q} --network {input.network} --tiles {input.tiles} "
         "--outdir {params.outdir} --out-index {output.index} --blend-png {output.blend} --blend-gif {output.gif} "
-        "--latent-png {output.latent} --latent-gif {output.latent_gif} > {log} 2>&1"
+        "--latent-png {output.latent} --latent-gif {output.latent_gif} --blend-mp4 {output.mp4} > {log} 2>&1"

@@ -20,7 +20,7 @@ def tile_meta(tiles) -> dict:
 
 
 def generate(opts: dict, network, tiles, outdir, out_index, blend_png=None, blend_gif=None, latent_png=None,
-             latent_gif=None, progress=True):
+             latent_gif=None, blend_mp4=None, progress=True):
     import pandas as pd
 
     from histosynth.generate.sample import class_blend_grid, latent_interpolation
@@ -33,11 +33,48 @@ def generate(opts: dict, network, tiles, outdir, out_index, blend_png=None, blen
                         device=dev, tile_meta=tile_meta(read_index(tiles)), progress=progress, fov_um=o["fov_um"],
                         out_px=o["out_px"])
     if blend_png:
-        class_blend_grid(network, blend_png, blend_gif, o["blend_seeds"], o["blend_steps"], dev)
+        class_blend_grid(network, blend_png, blend_gif, o["blend_seeds"], o["blend_steps"], dev, out_mp4=blend_mp4)
     if latent_png:
         latent_interpolation(network, latent_png, latent_gif, o["blend_seeds"][:2], o["blend_steps"], dev)
     write_index(pd.DataFrame(df), out_index)
     log.info("generated %d tiles: %s", len(df), df["condition"].value_counts().to_dict())
+
+
+def blend_analysis(opts: dict, network, reference, out_json, out_png, out_layers):
+    """``histosynth blend-analysis``: layer-wise class blends (coarse, middle, fine) and the
+    reference classifier's probability of the second class along each, with its 0.5 crossing."""
+    from histosynth.classify.study import load_reference
+    from histosynth.generate.blend import (
+        blend_endpoints,
+        blend_probability,
+        layer_blend_frames,
+        layer_groups,
+        probability_plot,
+    )
+    from histosynth.generate.sample import stylegan2_network
+    from histosynth.images import grid, save_png
+    from histosynth.torch_utils.distributed import default_device
+    from histosynth.utils import write_json
+
+    dev = default_device()
+    G, spec, _ = stylegan2_network(network, dev)
+    ends = blend_endpoints(spec)
+    if ends is None:
+        raise UserError(f"{network} is {spec.kind}-conditioned with fewer than two classes: there is nothing to blend")
+    model, classes, _ = load_reference(reference, dev)
+    steps, seeds = opts["blend_analysis_steps"], opts["blend_seeds"]
+    result = blend_probability(G, spec, model, classes, seeds, steps, dev)
+    write_json(out_json, result)
+    groups = layer_groups(G)
+    rows = [layer_blend_frames(G, ends[1], ends[2], seeds[:1], opts["blend_steps"], layers, dev) for layers in groups.values()]
+    save_png(grid(np.concatenate([np.concatenate(r, 0) for r in rows]), len(rows)), out_layers)  # a row per group
+    if "groups" in result:
+        probability_plot(result, out_png)
+        for g, r in result["groups"].items():
+            log.info("blend %s -> %s, %s layers: P(%s) reaches 0.5 at %s", result["from"], result["to"], g,
+                     result["class"], "never" if r["crossing"] is None else f"{r['crossing']:.2f}")
+    else:
+        raise UserError(f"blend analysis of {network}: {result['skipped']}")
 
 
 def generate_profiles(opts: dict, network, tiles, outdir, out_index, embeddings=None, partitions=("test",), vae=None,

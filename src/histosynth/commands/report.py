@@ -34,6 +34,9 @@ def report(sheet, tiles, gan_dir, gan_run, run_name, metrics, study, qc_dir, out
     gan_dir, eval_dir = Path(gan_dir), Path(metrics).parent
     metrics_json = json.loads(Path(metrics).read_text())
     summary = build_summary(sheet, read_index(tiles), gan_run, gan_dir, metrics_json, json.loads(Path(study).read_text()))
+    summary["blend"] = {r: json.loads((eval_dir.parent / r / "blend_probability.json").read_text())
+                        for r in [gan_run, *(expression_run or [])]
+                        if (eval_dir.parent / r / "blend_probability.json").exists()}
     extra = []
     if expression_run and not expression_dir:
         raise UserError("--expression-run needs --expression-dir (results/expression)")

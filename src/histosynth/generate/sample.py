@@ -151,49 +151,57 @@ def generate(network, outdir, per_class: int, *, truncation=1.0, seed0=0, batch=
                          tile_meta=tile_meta, progress=progress, post=post)
 
 
-def save_frames(frames: list, out_png, out_gif=None):
-    """Frames (each: one uint8 image per row) as a grid PNG (rows, frames left to right) and
-    as a GIF playing the frames forth and back (ends not repeated; PIL merges equal frames)."""
+def save_frames(frames: list, out_png, out_gif=None, out_mp4=None):
+    """Frames (each: one uint8 image per row) as a grid PNG (rows, frames left to right), and as
+    a GIF and an MP4 (H.264) playing the frames forth and back (ends not repeated)."""
     from PIL import Image
 
     from histosynth.utils import atomic_path
 
     stack = np.stack(frames, 1).reshape(-1, *frames[0].shape[1:])
     save_png(grid(stack, len(frames[0])), out_png)
+    strips = [np.concatenate(list(f), 1) for f in frames]
+    strips = strips + strips[-2:0:-1]
     if out_gif:
-        strips = [Image.fromarray(np.concatenate(list(f), 1)) for f in frames]
-        strips = strips + strips[-2:0:-1]
+        images = [Image.fromarray(s) for s in strips]
         with atomic_path(out_gif) as tmp:
-            strips[0].save(tmp, format="GIF", save_all=True, append_images=strips[1:], duration=150, loop=0)
+            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=150, loop=0)
+    if out_mp4:
+        write_mp4(strips, out_mp4)
+
+
+def write_mp4(frames: list, path, fps: float = 6.0, scale: int = 4) -> None:
+    """H.264 video of uint8 RGB frames through the ffmpeg binary of the imageio-ffmpeg wheel,
+    each frame enlarged `scale` times (nearest neighbour) and padded to even sides (yuv420p)."""
+    import imageio_ffmpeg
+
+    from histosynth.utils import atomic_path
+
+    big = [np.repeat(np.repeat(f, scale, 0), scale, 1) for f in frames]
+    h, w = big[0].shape[:2]
+    big = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in big]
+    with atomic_path(path) as tmp:
+        writer = imageio_ffmpeg.write_frames(str(tmp), (w + w % 2, h + h % 2), fps=fps, codec="libx264",
+                                             pix_fmt_out="yuv420p", macro_block_size=1, output_params=["-f", "mp4"])
+        writer.send(None)
+        for f in big:
+            writer.send(np.ascontiguousarray(f))
+        writer.close()
 
 
 @torch.no_grad()
-def class_blend_grid(network, out_png, out_gif=None, seeds=(0, 1, 2, 3), steps=8, device="cpu"):
+def class_blend_grid(network, out_png, out_gif=None, seeds=(0, 1, 2, 3), steps=8, device="cpu", out_mp4=None):
     """Dolezal et al.'s class blending: for each seed, the same z with the condition embedding
     moved linearly from the first class to the second in `steps` steps (rows: seeds)."""
+    from histosynth.generate.blend import blend_endpoints, layer_blend_frames
 
     G, spec, _ = stylegan2_network(network, device)
-    if spec.kind == "expression":  # from a profile of the first class to one of the second
-        table = spec.extra["table"]
-        labels = sorted({v["label"] for v in table.values()})
-        if len(labels) < 2:
-            return None
-        ends = [sorted(k for k, v in table.items() if v["label"] == lab)[0] for lab in labels[:2]]
-        ca, cb = (torch.from_numpy(spec.key_vectors([k])) for k in ends)
-        conds = [{"key": f"{ends[0]} ({labels[0]})"}, {"key": f"{ends[1]} ({labels[1]})"}]
-    else:
-        conds = spec.conditions()
-        if spec.kind not in ("class", "attributes") or len(conds) < 2:
-            return None
-        ca, cb = (torch.from_numpy(spec.encode(pd.DataFrame([c]))) for c in conds[:2])
-    z = z_from_seeds(seeds, G.z_dim)
-    alphas = torch.linspace(0, 1, steps)
-    frames = []
-    for a in alphas:
-        c = ca.lerp(cb, float(a)).expand(len(seeds), -1)
-        frames.append(to_uint8(G(z.to(device), c.to(device), noise_mode="const")))
-    save_frames(frames, out_png, out_gif)  # rows = seeds
-    return [spec.name(conds[0]), spec.name(conds[1])]
+    ends = blend_endpoints(spec)
+    if ends is None:
+        return None
+    names, ca, cb = ends
+    save_frames(layer_blend_frames(G, ca, cb, seeds, steps, range(G.num_ws), device), out_png, out_gif, out_mp4)
+    return names
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:

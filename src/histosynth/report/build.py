@@ -210,6 +210,10 @@ def mask_html(summary: dict, run: str, gan_dir, eval_dir) -> str:
     return "".join(parts)
 
 
+def _crossing_text(t) -> str:
+    return "never" if t is None else f"{t:.2f}"
+
+
 def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_dir, qc_thumbs: dict, notes: dict,
                extra_sections=()):
     gan_dir, eval_dir, classify_dir = Path(gan_dir), Path(eval_dir), Path(classify_dir)
@@ -248,6 +252,16 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
     parts.append(_img(eval_dir / "training.png"))
     parts.append("<h3>Class blending</h3><p>Same latent seed per row; the class condition moves from the first class "
                  "to the second, left to right.</p>" + _img(eval_dir / "blend.png", 640) + " " + _img(eval_dir / "blend.gif", 640))
+    bp = summary.get("blend", {}).get(gan_run)
+    if bp and "groups" in bp:
+        cross = "; ".join(f"{g}: {_crossing_text(v['crossing'])}" for g, v in bp["groups"].items())
+        parts.append(f"<h3>Blending analysed</h3><p>The reference classifier's probability of "
+                     f"<i>{html.escape(bp['class'])}</i> along the blend from {html.escape(bp['from'])} to "
+                     f"{html.escape(bp['to'])}, with the embedding blended in all layers or in one group of layers "
+                     f"only; it reaches 0.5 at blend point {html.escape(cross)} (mean over {len(bp['seeds'])} "
+                     f"seeds). Rows of the second image: the layer groups, first seed. Video: "
+                     f"<a href='../evaluate/{html.escape(gan_run)}/blend.mp4'>blend.mp4</a>.</p>"
+                     + _img(eval_dir / "blend_probability.png", 520) + " " + _img(eval_dir / "blend_layers.png", 640))
     parts.append("<h3>Latent interpolation</h3><p>Same class per row; the latent moves along the great circle between "
                  "two seeds, left to right.</p>" + _img(eval_dir / "latent.png", 640) + " " + _img(eval_dir / "latent.gif", 640))
     parts.append("<h2>Generative metrics</h2>")
