@@ -200,3 +200,131 @@ def test_busy_server_answers_503_and_a_stalled_client_is_dropped(limited):
     stalled.close()
     code, body, _ = _post(limited["one"], {"map": small})  # the slot is free again
     assert code == 200
+
+
+# --- the class page (class-conditional StyleGAN2 networks) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def class_network(tmp_path_factory):
+    """A small class-conditional network file (random weights: the page's job is to drive it)."""
+    import torch
+
+    from histosynth.config import validate
+    from histosynth.gan import checkpoint as ckpt
+    from histosynth.gan.conditioning import ConditioningSpec
+    from histosynth.gan.networks import build_generator
+
+    o = validate({"gan": dict(resolution=16, z_dim=8, w_dim=16, mapping_layers=2, channel_base=256,
+                              channel_max=16)})["gan"]
+    spec = ConditioningSpec("class", ["label"], {"label": ["normal", "tumor"]})
+    torch.manual_seed(0)
+    G = build_generator(o, spec.dim)
+    with torch.no_grad():
+        G.mapping.w_avg.normal_()
+    path = tmp_path_factory.mktemp("classes") / "stylegan2-class" / "network.pt"
+    ckpt.save(path, ckpt.training_state("class", G=G.state_dict(), G_ema=G.state_dict(), options=o,
+                                        conditioning=spec.to_dict(), cur_nimg=2000,
+                                        training_set={"n_tiles": 0, "patients": []}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def both(network, class_network):
+    from histosynth.draw.server import make_server
+
+    srv = make_server([network, class_network], port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def _class_tile(path, cond, seed, psi=1.0, blend_to=None, t=0.0):
+    """What the network makes, computed here without the server."""
+    import torch
+
+    from histosynth.gan.checkpoint import load_generator
+    from histosynth.generate.sample import z_from_seeds
+    from histosynth.torch_utils.images import to_uint8
+
+    net = load_generator(path)
+    onehot = {"normal": [1.0, 0.0], "tumor": [0.0, 1.0]}
+    c = torch.tensor([onehot[cond]])
+    if blend_to:
+        c = c.lerp(torch.tensor([onehot[blend_to]]), t)
+    with torch.no_grad():
+        return to_uint8(net.G(z_from_seeds([seed], 8), c, psi=psi, noise_mode="const"))[0]
+
+
+def _post_class(url, obj):
+    req = urllib.request.Request(url + "/api/class", data=json.dumps(obj).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        r = urllib.request.urlopen(req, timeout=60)
+        return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_class_api_is_deterministic_blends_and_refuses_what_it_cannot_do(both, class_network):
+    nets = json.loads(urllib.request.urlopen(both + "/api/networks").read())
+    assert [n["kind"] for n in nets] == ["mask", "class"] and nets[1]["conditions"] == ["normal", "tumor"]
+    code, a = _post_class(both, {"network": 1, "condition": "tumor", "seed": 5, "psi": 0.7})
+    _, b = _post_class(both, {"network": 1, "condition": "tumor", "seed": 5, "psi": 0.7})
+    assert code == 200 and a == b and a["c"] == [0.0, 1.0]
+    np.testing.assert_array_equal(_png(a["tile"]), _class_tile(class_network, "tumor", 5, 0.7))
+    _, end = _post_class(both, {"network": 1, "condition": "tumor", "blend_to": "normal", "t": 1.0, "seed": 5})
+    np.testing.assert_array_equal(_png(end["tile"]), _class_tile(class_network, "normal", 5))
+    _, mid = _post_class(both, {"network": 1, "condition": "tumor", "blend_to": "normal", "t": 0.5, "seed": 5})
+    assert mid["c"] == [0.5, 0.5]
+    for bad, msg in [({"network": 1, "condition": "stroma"}, "unknown condition 'stroma'"),
+                     ({"network": 1, "condition": "tumor", "psi": 2}, "must lie in [0, 1]"),
+                     ({"network": 0, "condition": "tumor"}, "is a 'mask' network"),
+                     ({"network": 5, "condition": "tumor"}, "no network 5")]:
+        code, j = _post_class(both, bad)
+        assert code == 400 and msg in j["error"], (bad, j)
+    a_map = "data:image/png;base64," + base64.b64encode(_png_bytes(np.zeros((32, 32, 3), np.uint8))).decode()
+    code, j, _ = _post(both, {"network": 1, "map": a_map, "seed": 0})
+    assert code == 400 and "'class' network" in j["error"]
+
+
+@pytest.mark.skipif(not (CHROMEDRIVER and CHROMIUM), reason="needs chromium and chromedriver (apt install chromium "
+                    "chromium-driver; .ci/run installs them)")
+def test_class_page_picks_class_seed_psi_and_blends_in_headless_chromium(both, class_network, tmp_path):
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000",
+              f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    state = lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")  # noqa: E731
+    try:
+        driver.get(both + "/classes")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: state(d) == "ready")
+        assert [o.text for o in Select(driver.find_element(By.ID, "cond_a")).options] == ["normal", "tumor"]
+        shown = []
+        for cond, seed, psi, t in [("tumor", 3, 1.0, 0.0), ("normal", 3, 0.5, 0.0), ("normal", 3, 1.0, 0.5)]:
+            Select(driver.find_element(By.ID, "cond_a")).select_by_visible_text(cond)
+            Select(driver.find_element(By.ID, "cond_b")).select_by_visible_text("tumor")
+            driver.execute_script("const s = document.getElementById('seed'); s.value = arguments[0];"
+                                  "document.getElementById('psi').value = arguments[1];"
+                                  "document.getElementById('t').value = arguments[2];", seed, psi, t)
+            driver.execute_script("document.body.dataset.state = 'busy'")
+            driver.find_element(By.ID, "generate").click()
+            wait.until(lambda d: state(d) in ("done", "error"))
+            assert state(driver) == "done", driver.find_element(By.ID, "status").text
+            shown.append(_png(driver.find_element(By.ID, "result").get_attribute("src")))
+    finally:
+        driver.quit()
+    np.testing.assert_array_equal(shown[0], _class_tile(class_network, "tumor", 3))
+    np.testing.assert_array_equal(shown[1], _class_tile(class_network, "normal", 3, psi=0.5))
+    np.testing.assert_array_equal(shown[2], _class_tile(class_network, "normal", 3, blend_to="tumor", t=0.5))
+    assert not np.array_equal(shown[0], shown[2])

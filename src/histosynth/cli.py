@@ -95,8 +95,10 @@ COMMANDS = {
                         ["evaluate", "masks"], ["--index", "--synthetic", "--heldout", "--segmenter", "--reference",
                                                 "--out", "--run", ("--real-partitions", {"nargs": "+", "default": ["train"]}),
                                                 "--features?"]),
-    "draw": ("histosynth.draw.server:draw_command", "serve the drawing page: paint a label map, get a synthetic tile", [],
-             [("--network", {"nargs": "+", "required": True, "help": "mask-run network.pt file(s) to choose from"}),
+    "draw": ("histosynth.draw.server:draw_command", "serve the drawing page (paint a label map, get a synthetic tile) "
+             "and the class page (class, seed, psi, blend slider)", [],
+             [("--network", {"nargs": "+", "required": True, "help": "network.pt file(s) to choose from: mask runs "
+                                                                      "(drawing page), class or attributes runs (class page)"}),
               ("--host", {"default": "127.0.0.1"}), ("--port", {**INT, "default": 8765}),
               ("--open", {"action": "store_true", "help": "open the page in the default browser"}),
               ("--max-map-px", {**INT, "default": 4096, "help": "largest map side accepted (px)"}),

@@ -1,11 +1,20 @@
-"""The drawing page's server: plain ``http.server`` on loopback, no web framework.
+"""The drawing page's server, and the class page beside it: plain ``http.server`` on loopback,
+no web framework. It offers label-map (mask-run) networks to the drawing page and
+class-conditional StyleGAN2 networks (class or attributes runs) to the class page.
 
 Routes:
-  GET  /                 the page (page.html)
-  GET  /api/networks     the mask-run networks on offer: labels, colours, resolution, method
+  GET  /                 the drawing page (page.html); the class page when no mask network is offered
+  GET  /classes          the class page (classes.html)
+  GET  /api/networks     the networks on offer: kind, resolution; mask runs: labels, colours,
+                         method; class runs: conditions (the class or attribute combinations)
   POST /api/generate     {"network": i, "map": "data:image/png;base64,...", "seed": n}
                          -> {"tile": PNG data URL, "map": the map as the network saw it (PNG data
                          URL, in the label colours), "classes": pixel count per class}
+  POST /api/class        {"network": i, "condition": name, "blend_to": name (optional), "t": 0..1,
+                         "seed": n, "psi": 0..1} -> {"tile": PNG data URL, "c": the condition
+                         vector}: z = RandomState(seed).randn(z_dim) (NVIDIA's convention, as
+                         ``histosynth generate-images``), the condition (1 - t) c + t c_blend_to,
+                         truncation psi towards the mean w, constant noise
 
 The drawn image is resized to the network's resolution (nearest neighbour) and every pixel is
 given the class of the nearest label colour, so anti-aliased brush edges are harmless.
@@ -84,23 +93,60 @@ class Networks:
         for p in self.paths:
             ck = load(p)
             net = load_generator(p, device, ck)
-            require_kind(net, ("mask",), "the drawing page")
+            require_kind(net, ("mask", "class", "attributes"), "the drawing and class pages")
             self._G.append(net)
-            self.meta.append({"id": len(self.meta), "name": p.parent.name or p.name, "path": str(p),
-                              "labels": ck["labels"], "resolution": ck["options"]["resolution"],
-                              "method": ck["mask_options"]["method"], "kimg": ck["cur_nimg"] / 1000})
+            meta = {"id": len(self.meta), "name": p.parent.name or p.name, "path": str(p), "kind": net.kind,
+                    "resolution": ck["options"]["resolution"], "kimg": ck["cur_nimg"] / 1000}
+            if net.kind == "mask":
+                meta.update(labels=ck["labels"], method=ck["mask_options"]["method"])
+            else:
+                meta.update(conditions=[net.spec.name(c) for c in net.spec.conditions()],
+                            columns=net.spec.columns, categories=net.spec.categories)
+            self.meta.append(meta)
 
-    def generator(self, i):
-        return self._G[i]
+    def generator(self, i, kind: str):
+        """Network `i`, which must be a mask network (kind "mask") or a class/attributes one."""
+        if not 0 <= i < len(self.paths):
+            raise ValueError(f"no network {i} (there are {len(self.paths)})")
+        net = self._G[i]
+        if (net.kind == "mask") != (kind == "mask"):
+            raise ValueError(f"network {i} is a {net.kind!r} network; this page needs "
+                             f"{'a mask' if kind == 'mask' else 'a class or attributes'} network")
+        return net
+
+    def generate_class(self, i: int, condition: str, seed: int, psi: float = 1.0, blend_to: str | None = None,
+                       t: float = 0.0):
+        """(uint8 tile, condition vector) for the class page."""
+        import pandas as pd
+        import torch
+
+        from histosynth.generate.sample import z_from_seeds
+        from histosynth.torch_utils.images import to_uint8
+
+        net = self.generator(i, "class")
+        spec = net.spec
+        by_name = {spec.name(c): c for c in spec.conditions()}
+        for name in (condition, blend_to):
+            if name is not None and name not in by_name:
+                raise ValueError(f"unknown condition {name!r}; this network knows {sorted(by_name)}")
+        if not (0 <= t <= 1 and 0 <= psi <= 1):
+            raise ValueError(f"t and psi must lie in [0, 1] (got t={t}, psi={psi})")
+        if not 0 <= seed < 2 ** 32:
+            raise ValueError(f"seed must be in [0, 2^32), not {seed}")
+        c = torch.from_numpy(spec.encode(pd.DataFrame([by_name[condition]])))
+        if blend_to is not None:
+            c = c.lerp(torch.from_numpy(spec.encode(pd.DataFrame([by_name[blend_to]]))), float(t))
+        with self._lock, torch.no_grad():
+            img = net.G(z_from_seeds([seed], net.z_dim).to(self.device), c.to(self.device), psi=float(psi),
+                        noise_mode="const")
+        return to_uint8(img)[0], c[0].tolist()
 
     def generate(self, i: int, drawn_rgb: np.ndarray, seed: int):
         from PIL import Image
 
         from histosynth.generate.from_maps import render
 
-        if not 0 <= i < len(self.paths):
-            raise ValueError(f"no network {i}")
-        net = self.generator(i)
+        net = self.generator(i, "mask")
         G, labels, res = net.G, net.labels, net.options["resolution"]
         rgb = np.asarray(Image.fromarray(drawn_rgb).resize((res, res), Image.Resampling.NEAREST))
         m = labels.from_rgb(rgb)
@@ -121,6 +167,8 @@ def default_concurrency(device) -> int:
 def make_handler(nets: Networks, max_map_px: int = MAX_MAP_PX, max_concurrent: int | None = None,
                  timeout: float = 30.0):
     page = (resources.files("histosynth.draw") / "page.html").read_text()
+    classes_page = (resources.files("histosynth.draw") / "classes.html").read_text()
+    has_mask = any(m["kind"] == "mask" for m in nets.meta)
     slots = threading.BoundedSemaphore(max_concurrent or default_concurrency(nets.device))
 
     class Handler(BaseHTTPRequestHandler):
@@ -146,14 +194,16 @@ def make_handler(nets: Networks, max_map_px: int = MAX_MAP_PX, max_concurrent: i
 
         def do_GET(self):
             if self.path in ("/", "/index.html"):
-                self._send(200, page.encode(), "text/html; charset=utf-8")
+                self._send(200, (page if has_mask else classes_page).encode(), "text/html; charset=utf-8")
+            elif self.path in ("/classes", "/classes.html"):
+                self._send(200, classes_page.encode(), "text/html; charset=utf-8")
             elif self.path == "/api/networks":
                 self._json(200, nets.meta)
             else:
                 self._json(404, {"error": f"no such page: {self.path}"})
 
         def do_POST(self):
-            if self.path != "/api/generate":
+            if self.path not in ("/api/generate", "/api/class"):
                 return self._json(404, {"error": f"no such endpoint: {self.path}"})
             if not slots.acquire(blocking=False):
                 self.send_response(503)
@@ -175,6 +225,12 @@ def make_handler(nets: Networks, max_map_px: int = MAX_MAP_PX, max_concurrent: i
                 req = json.loads(body)
                 if not isinstance(req, dict):
                     raise ValueError("request must be a JSON object")
+                if self.path == "/api/class":
+                    blend = req.get("blend_to")
+                    tile, c = nets.generate_class(int(req.get("network", 0)), str(req.get("condition")),
+                                                  int(req.get("seed", 0)), float(req.get("psi", 1.0)),
+                                                  None if blend is None else str(blend), float(req.get("t", 0.0)))
+                    return self._json(200, {"tile": _png_data_url(tile), "c": c})
                 tile, m, labels = nets.generate(int(req.get("network", 0)), decode_png_data_url(req.get("map"), max_map_px),
                                                 int(req.get("seed", 0)))
             except TimeoutError:
@@ -219,7 +275,8 @@ def serve(network_paths, host="127.0.0.1", port=8765, device="cpu", open_browser
 
 def draw_command(network, host="127.0.0.1", port=8765, open=False, max_map_px=MAX_MAP_PX, max_concurrent=None,
                  timeout=30.0):
-    """``histosynth draw``: serve the page for these mask-run networks on the visible GPU, else the CPU."""
+    """``histosynth draw``: serve the drawing page (mask-run networks) and the class page (class and
+    attributes runs) for these networks on the visible GPU, else the CPU."""
     from histosynth.torch_utils.distributed import default_device
 
     serve(network, host=host, port=port, device=default_device(), open_browser=open, max_map_px=max_map_px,
