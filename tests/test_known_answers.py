@@ -179,3 +179,27 @@ def test_layer_wise_blending_and_the_crossing_point(tmp_path):
     got = [np.frombuffer(f, np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for f in reader]
     assert meta["size"] == (80, 32) and len(got) == 3
     assert [int(round(f.mean())) for f in got] == pytest.approx([0, 100, 200], abs=3)
+
+
+def test_conditional_contrastive_loss_equals_its_definition_and_rewards_clusters():
+    """The 2C loss against a loop over its definition (float64), and lower for embeddings that
+    sit on their condition's embedding than for the same embeddings shuffled across conditions."""
+    from histosynth.gan.loss import conditional_contrastive
+
+    g = torch.Generator().manual_seed(0)
+    h, cmap = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    c = torch.tensor([[1, 0, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0], [1, 0, 1, 0], [0, 1, 1, 0], [1, 0, 0, 1.]])
+    e, lab = torch.nn.functional.normalize(h, dim=1), torch.nn.functional.normalize(cmap, dim=1)
+    want = 0.0
+    for i in range(6):
+        pos = torch.exp(e[i] @ lab[i] / 0.5)
+        num = pos + sum(torch.exp(e[i] @ e[k] / 0.5) for k in range(6) if k != i and torch.equal(c[k], c[i]))
+        den = pos + sum(torch.exp(e[i] @ e[k] / 0.5) for k in range(6) if k != i)
+        want += -torch.log(num / den) / 6
+    assert float(conditional_contrastive(h, cmap, c, 0.5)) == pytest.approx(float(want), rel=1e-6)
+
+    centres = torch.eye(4, dtype=torch.float64)[[0, 1, 2, 0, 2, 1]] * 3
+    cmap = centres + 0.01 * torch.randn(6, 4, generator=g, dtype=torch.float64)
+    clustered = conditional_contrastive(centres, cmap, c, 0.5)
+    shuffled = conditional_contrastive(centres[[1, 2, 0, 4, 5, 3]], cmap, c, 0.5)
+    assert float(clustered) < float(shuffled)

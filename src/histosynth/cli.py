@@ -64,6 +64,8 @@ COMMANDS = {
     "blend-analysis": ("histosynth.commands.generate:blend_analysis", "layer-wise class blends and the reference "
                        "classifier's probability along them", ["generate"],
                        ["--network", "--reference", "--out-json", "--out-png", "--out-layers"]),
+    "attribute-grids": ("histosynth.commands.generate:attribute_grids", "per-attribute interpolation grids of an "
+                        "attributes run (one attribute varies, seed fixed)", ["generate"], ["--network", "--out"]),
     "generate-images": ("histosynth.commands.generate:generate_images", "one PNG per seed, as NVIDIA's generate.py "
                         "(z = RandomState(seed).randn(1, z_dim))", [],
                         ["--network", ("--seeds", {"required": True, "help": "e.g. 0-7, 1,3,5 or 0-3,10"}), "--outdir",
@@ -108,7 +110,9 @@ COMMANDS = {
                         "training tiles", ["classify"], ["--tiles", "--out"]),
     "evaluate": ("histosynth.commands.evaluate:evaluate", "FID, KID, precision/recall, floor, concordance", ["evaluate"],
                  ["--tiles", "--synthetic", "--reference", "--out", ("--real-partitions", {"nargs": "+", "default": ["train"]}),
-                  ("--features", {"help": "the feature cache folder (features rule); read only"})]),
+                  ("--features", {"help": "the feature cache folder (features rule); read only"}),
+                  ("--attributes", {"nargs": "*", "default": [], "help": "condition columns to report FID per value of "
+                                                                         "(an attributes run's)"})]),
     "classify": ("histosynth.commands.classify:classify", "the augmentation study: real / synthetic / mixed arms",
                  ["classify"], ["--tiles", "--synthetic", "--network", "--outdir"]),
     "plot-training": ("histosynth.commands.report:plot_training", "a run's losses by kimg (stats.jsonl -> PNG)", [],

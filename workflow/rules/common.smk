@@ -33,6 +33,7 @@ except _UserError as _exc:
 STYLE_RUNS = [r for r, s in RUNS.items() if s.kind != "mask"]
 EXPR_RUNS = [r for r, s in RUNS.items() if s.kind == "expression"]
 MASK_RUN = next((r for r, s in RUNS.items() if s.kind == "mask"), None)
+ATTR_RUNS = [r for r, s in RUNS.items() if s.kind == "attributes"]
 # runs whose network blends between two conditions (classes, attribute combinations, profiles)
 BLEND_RUNS = [
     r for r, s in RUNS.items() if s.kind in ("class", "attributes", "expression")
@@ -263,6 +264,8 @@ def report_inputs(wildcards):
                 f"{ev}/{f}"
                 for f in ("blend.png", "blend.gif", "latent.png", "latent.gif")
             ]
+        if r in ATTR_RUNS:
+            files.append(f"{ev}/attributes.png")
         if r in BLEND_RUNS:
             files += [
                 f"{ev}/{f}"
@@ -297,7 +300,18 @@ def stage_outputs(stage):
     out = [f"results/evaluate/{r}/metrics.json" for r in STYLE_RUNS]
     out += [f"results/evaluate/{r}/profiles.json" for r in EXPR_RUNS]
     out += [f"results/evaluate/{r}/blend_probability.json" for r in BLEND_RUNS]
+    out += [f"results/evaluate/{r}/attributes.png" for r in ATTR_RUNS]
     return out + ([f"results/evaluate/{MASK_RUN}/layout.json"] if MASK_RUN else [])
+
+
+def attribute_args(wildcards):
+    """An attributes run's condition columns, for FID per attribute value."""
+    spec = RUNS[wildcards.run]
+    if spec.kind != "attributes":
+        return ""
+    return "--attributes " + " ".join(
+        shlex.quote(c) for c in spec.gan["condition_columns"]
+    )
 
 
 def evaluate_inputs(wildcards):

@@ -71,10 +71,11 @@ rule evaluate:
         hs=HISTOSYNTH,
         opts=opts("evaluate"),
         partitions=lambda wc: " ".join(RUNS[wc.run].gan["train_partitions"]),
+        attributes=attribute_args,
     shell:
         "{params.hs} -q evaluate --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
         "--reference {input.reference} --real-partitions {params.partitions} --features {input.features} "
-        "--out {output.metrics} > {log} 2>&1"
+        "{params.attributes} --out {output.metrics} > {log} 2>&1"
 
 
 rule blend_analysis:
@@ -107,3 +108,30 @@ rule blend_analysis:
         "{params.hs} -q blend-analysis --options {params.opts:q} --network {input.network} "
         "--reference {input.reference} --out-json {output.json} --out-png {output.plot} "
         "--out-layers {output.layers} > {log} 2>&1"
+
+
+rule attribute_grids:
+    input:
+        network="results/gan/{run}/network.pt",
+    output:
+        report(
+            "results/evaluate/{run}/attributes.png",
+            caption="../report/attributes.rst",
+            category="Generation",
+            subcategory="{run}",
+        ),
+    log:
+        "logs/attribute_grids/{run}.log",
+    wildcard_constraints:
+        run=_one_of(ATTR_RUNS),
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=GPU_ONE,
+    params:
+        hs=HISTOSYNTH,
+        opts=opts("generate"),
+    shell:
+        "{params.hs} -q attribute-grids --options {params.opts:q} --network {input.network} --out {output} > {log} 2>&1"

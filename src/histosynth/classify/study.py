@@ -25,11 +25,17 @@ from histosynth.utils import UserError
 log = logging.getLogger(__name__)
 
 
-def _labels(df, classes):
-    unknown = sorted(set(df["label"]) - set(classes))
+def _labels(df, classes, target="label", what="tiles"):
+    """Class indices of `df`'s `target` column (classify.target: the label or an attribute)."""
+    if target not in df.columns:
+        raise UserError(f"classify.target {target!r} is not a column of the {what} (have: {sorted(df.columns)}); "
+                        f"name the sample-sheet column the classifier should predict (for a GAN run's synthetic "
+                        f"tiles: one of its condition columns)")
+    values = df[target].astype(str)
+    unknown = sorted(set(values) - set(classes))
     if unknown:
-        raise UserError(f"labels {unknown} are not among the training classes {classes}")
-    return np.array([classes.index(v) for v in df["label"]])
+        raise UserError(f"{target} values {unknown} of the {what} are not among the training classes {classes}")
+    return np.array([classes.index(v) for v in values])
 
 
 def real_sets(tiles: pd.DataFrame, train_partitions):
@@ -68,11 +74,12 @@ def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patient
     if leaked:
         raise UserError(f"test patient(s) {leaked[:5]} were in the GAN's training set; the study would be biased. "
                         f"Retrain the GAN on the current split.")
-    classes = sorted(train["label"].unique())
-    x_train, y_train = load_tiles(train), _labels(train, classes)
-    x_test, y_test = load_tiles(test), _labels(test, classes)
+    target = opts["target"]
+    classes = sorted(map(str, _column(train, target).unique()))
+    x_train, y_train = load_tiles(train), _labels(train, classes, target, "real training tiles")
+    x_test, y_test = load_tiles(test), _labels(test, classes, target, "real test tiles")
     synthetic = synthetic.reset_index(drop=True)
-    x_syn, y_syn = load_tiles(synthetic), _labels(synthetic, classes)
+    x_syn, y_syn = load_tiles(synthetic), _labels(synthetic, classes, target, "synthetic tiles")
     preds, metrics = [], {}
     arms = arm_names(opts)
     ratios = [r if k == "mixed" else 1.0 for _, k, r, _ in arms if k != "real"]
@@ -80,11 +87,11 @@ def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patient
     if need > len(synthetic):
         raise UserError(f"the study needs up to {need} synthetic tiles (ratio {max(ratios)} x {len(train)} real training "
                         f"tiles) but {len(synthetic)} were generated; raise generate.per_class to at least "
-                        f"{-(-need // max(1, synthetic['label'].nunique()))}")
+                        f"{-(-need // max(1, synthetic[target].nunique()))}")
     jobs = [(a, s) for a in arms for s in opts["seeds"]]
     for (name, kind, ratio, frac), seed in tqdm(jobs, desc="augmentation study", unit="model", disable=not progress):
         rng = np.random.default_rng(seed)
-        pats = low_data_patients(train, classes, frac, rng)
+        pats = low_data_patients(train, classes, frac, rng, target)
         real_idx = np.flatnonzero(train["patient_id"].isin(pats).to_numpy())
         n_real = len(real_idx)
         n_syn = 0 if kind == "real" else int(round((ratio if kind == "mixed" else 1.0) * n_real))
@@ -119,7 +126,7 @@ def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patient
     return pred, metrics, classes
 
 
-def low_data_patients(train: pd.DataFrame, classes, frac: float, rng) -> np.ndarray:
+def low_data_patients(train: pd.DataFrame, classes, frac: float, rng, target="label") -> np.ndarray:
     """The training patients of an arm: all of them, or (frac < 1) the share `frac` of each
     class's patients, at least one, drawn with `rng` (a patient with slides of two classes may be
     drawn for either)."""
@@ -127,7 +134,7 @@ def low_data_patients(train: pd.DataFrame, classes, frac: float, rng) -> np.ndar
         return np.array(sorted(train["patient_id"].unique()))
     keep = []
     for c in classes:
-        pc = np.array(sorted(train.loc[train["label"] == c, "patient_id"].unique()))
+        pc = np.array(sorted(train.loc[train[target].astype(str) == c, "patient_id"].unique()))
         keep += list(rng.choice(pc, max(1, int(round(frac * len(pc)))), replace=False))
     return np.array(keep)
 
@@ -149,21 +156,29 @@ def train_reference(tiles: pd.DataFrame, opts: dict, device="cpu"):
     tiles = tiles[tiles["kept"]] if "kept" in tiles.columns else tiles
     train = tiles[tiles["partition"] == "train"].reset_index(drop=True)
     val = tiles[tiles["partition"] == "val"].reset_index(drop=True)
-    classes = sorted(train["label"].unique())
-    model = clf.train(load_tiles(train), _labels(train, classes), len(classes), opts, 0, device)
+    target = opts["target"]
+    classes = sorted(map(str, _column(train, target).unique()))
+    model = clf.train(load_tiles(train), _labels(train, classes, target), len(classes), opts, 0, device)
     val_metrics = None
-    if len(val) and val["label"].nunique() > 1:
+    if len(val) and val[target].nunique() > 1:
         from histosynth.classify.stats import tile_metrics
 
-        val_metrics = tile_metrics(_labels(val, classes), clf.predict(model, load_tiles(val), device))
+        val_metrics = tile_metrics(_labels(val, classes, target), clf.predict(model, load_tiles(val), device))
     return model, classes, val_metrics
+
+
+def _column(df, target):
+    if target not in df.columns:
+        raise UserError(f"classify.target {target!r} is not a column of the real tiles (have: {sorted(df.columns)}); "
+                        f"name a sample-sheet column")
+    return df[target]
 
 
 def save_reference(model, classes, opts, val_metrics, path):
     from histosynth import torchio
 
     torchio.save(path, {"state_dict": model.state_dict(), "arch": opts["arch"], "classes": classes,
-                        "val_metrics": val_metrics})
+                        "target": opts["target"], "val_metrics": val_metrics})
 
 
 def load_reference(path, device="cpu"):

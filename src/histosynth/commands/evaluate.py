@@ -33,7 +33,7 @@ def features(opts: dict, indexes, reference, out):
         log.info("[%s] features of %d real tiles (%d dimensions) cached in %s", ex, len(real), f.shape[1], out)
 
 
-def evaluate(opts: dict, tiles, synthetic, reference, out, real_partitions=("train",), features=None):
+def evaluate(opts: dict, tiles, synthetic, reference, out, real_partitions=("train",), features=None, attributes=()):
     from histosynth.classify.model import predict
     from histosynth.classify.study import load_reference
     from histosynth.evaluate.features import extract
@@ -46,15 +46,22 @@ def evaluate(opts: dict, tiles, synthetic, reference, out, real_partitions=("tra
     real = index[index["kept"] & index["partition"].isin(real_partitions)].reset_index(drop=True)
     fake = read_index(synthetic).reset_index(drop=True)
     check_field_of_view(real, fake)
-    model, classes, _ = load_reference(reference, dev)
+    model, classes, ref = load_reference(reference, dev)
+    target = ref.get("target", "label")  # references written before classify.target predict the label
     result = {"metrics": {}, "concordance": None}
     for ex in o["extractors"]:
         fr, ff = extract([real, fake], ex, o, reference, dev, features)
-        m = result["metrics"][ex] = evaluate_features(real, fr, fake, ff, o, ex)
+        m = result["metrics"][ex] = evaluate_features(real, fr, fake, ff, o, ex, attributes or ())
         log.info("[%s] FID %.3f (floor %.3f), KID %.5f, precision %.3f, recall %.3f, n=%d", ex, m["fid"],
                  m["fid_real_vs_real"], m["kid_mean"], m["precision"], m["recall"], m["n_real"])
-    prob = predict(model, load_tiles(fake), dev)
-    result["concordance"] = class_concordance(prob, fake["label"], classes, o["concordance_threshold"])
+    if target in fake.columns:
+        prob = predict(model, load_tiles(fake), dev)
+        result["concordance"] = class_concordance(prob, fake[target].astype(str), classes, o["concordance_threshold"])
+        result["concordance"]["target"] = target
+    else:  # e.g. a vector run: its tiles are not generated per value of the classifier's target
+        result["concordance"] = {"skipped": f"the synthetic tiles have no {target!r} column (classify.target) to "
+                                            f"compare the reference classifier's predictions with"}
+        log.warning("concordance skipped: %s", result["concordance"]["skipped"])
     result["domain_extractor"] = DOMAIN_EXTRACTOR
     write_json(out, result)
 

@@ -31,7 +31,7 @@ def generate(opts: dict, network, tiles, outdir, out_index, blend_png=None, blen
     o, dev = opts, default_device()
     df = generate_tiles(network, outdir, o["per_class"], truncation=o["truncation"], seed0=o["seed0"], batch=o["batch"],
                         device=dev, tile_meta=tile_meta(read_index(tiles)), progress=progress, fov_um=o["fov_um"],
-                        out_px=o["out_px"])
+                        out_px=o["out_px"], vectors=o["vectors"])
     if blend_png:
         class_blend_grid(network, blend_png, blend_gif, o["blend_seeds"], o["blend_steps"], dev, out_mp4=blend_mp4)
     if latent_png:
@@ -58,23 +58,41 @@ def blend_analysis(opts: dict, network, reference, out_json, out_png, out_layers
 
     dev = default_device()
     G, spec, _ = stylegan2_network(network, dev)
-    ends = blend_endpoints(spec)
+    model, classes, ref = load_reference(reference, dev)
+    target = ref.get("target", "label")  # references written before classify.target predict the label
+    ends = blend_endpoints(spec, vary=target)
     if ends is None:
         raise UserError(f"{network} is {spec.kind}-conditioned with fewer than two classes: there is nothing to blend")
-    model, classes, _ = load_reference(reference, dev)
-    steps, seeds = opts["blend_analysis_steps"], opts["blend_seeds"]
-    result = blend_probability(G, spec, model, classes, seeds, steps, dev)
-    write_json(out_json, result)
-    groups = layer_groups(G)
-    rows = [layer_blend_frames(G, ends[1], ends[2], seeds[:1], opts["blend_steps"], layers, dev) for layers in groups.values()]
-    save_png(grid(np.concatenate([np.concatenate(r, 0) for r in rows]), len(rows)), out_layers)  # a row per group
-    if "groups" in result:
-        probability_plot(result, out_png)
-        for g, r in result["groups"].items():
-            log.info("blend %s -> %s, %s layers: P(%s) reaches 0.5 at %s", result["from"], result["to"], g,
-                     result["class"], "never" if r["crossing"] is None else f"{r['crossing']:.2f}")
-    else:
+    result = blend_probability(G, spec, model, classes, opts["blend_seeds"], opts["blend_analysis_steps"], dev, target)
+    if "skipped" in result:
         raise UserError(f"blend analysis of {network}: {result['skipped']}")
+    write_json(out_json, result)
+    probability_plot(result, out_png)
+    groups = layer_groups(G)
+    rows = [layer_blend_frames(G, ends[1], ends[2], opts["blend_seeds"][:1], opts["blend_steps"], layers, dev)
+            for layers in groups.values()]
+    save_png(grid(np.concatenate([np.concatenate(r, 0) for r in rows]), len(rows)), out_layers)  # a row per group
+    for g, r in result["groups"].items():
+        log.info("blend %s -> %s, %s layers: P(%s) reaches 0.5 at %s", result["from"], result["to"], g,
+                 result["class"], "never" if r["crossing"] is None else f"{r['crossing']:.2f}")
+
+
+def attribute_grids(opts: dict, network, out):
+    """``histosynth attribute-grids``: per-attribute interpolation (one attribute varies, the seed
+    and the other attributes fixed), a row per attribute value, for an attributes run."""
+    from histosynth.generate.blend import attribute_grid
+    from histosynth.generate.sample import stylegan2_network
+    from histosynth.images import grid, save_png
+    from histosynth.torch_utils.distributed import default_device
+
+    dev = default_device()
+    G, spec, _ = stylegan2_network(network, dev)
+    if spec.kind != "attributes":
+        raise UserError(f"{network} is {spec.kind}-conditioned; attribute grids need an attributes run "
+                        f"(gan.conditioning: attributes)")
+    imgs, names = attribute_grid(G, spec, opts["blend_seeds"][0], opts["blend_steps"], dev)
+    save_png(grid(imgs, len(names)), out)
+    log.info("attribute interpolation, seed %d, rows: %s", opts["blend_seeds"][0], "; ".join(names))
 
 
 def generate_profiles(opts: dict, network, tiles, outdir, out_index, embeddings=None, partitions=("test",), vae=None,

@@ -52,8 +52,24 @@ def real_halves(real: pd.DataFrame, seed=0):
     return np.array(a_idx), np.array(b_idx), how
 
 
+def _fid_per_value(f_real, feats_real, f_fake, feats_fake, col, rng) -> dict:
+    """{value: {fid, n}}: FID between the real and generated tiles of each value of `col`, with
+    equal n on both sides (values with fewer than 2 tiles on either side are left out)."""
+    per = {}
+    real_v, fake_v = f_real[col].astype(str).to_numpy(), f_fake[col].astype(str).to_numpy()
+    for value in sorted(set(real_v)):
+        r, f = np.flatnonzero(real_v == value), np.flatnonzero(fake_v == value)
+        nn = min(len(r), len(f))
+        if nn >= 2:
+            per[value] = {"fid": M.fid(feats_real[rng.choice(r, nn, replace=False)],
+                                       feats_fake[rng.choice(f, nn, replace=False)]), "n": int(nn)}
+    return per
+
+
 def evaluate_features(f_real: pd.DataFrame, feats_real: np.ndarray, f_fake: pd.DataFrame, feats_fake: np.ndarray,
-                      opts: dict, extractor: str) -> dict:
+                      opts: dict, extractor: str, attributes=()) -> dict:
+    """FID, KID, precision/recall against a patient-disjoint real-vs-real floor; FID per class
+    (the label) and, for `attributes` (an attributes run's condition columns), per value of each."""
     a, b, how = real_halves(f_real, opts["seed"])
     pos = {k: i for i, k in enumerate(f_real.index)}
     a = np.array([pos[i] for i in a])
@@ -81,16 +97,12 @@ def evaluate_features(f_real: pd.DataFrame, feats_real: np.ndarray, f_fake: pd.D
     out["kid_real_vs_real"] = fm
     pr_n = min(n, opts["pr_max_samples"])
     out["precision"], out["recall"] = M.precision_recall(feats_real[ra[:pr_n]], feats_fake[fk[:pr_n]], k=opts["pr_k"])
-    per = {}
-    for label in sorted(f_real["label"].unique()):
-        r = np.flatnonzero(f_real["label"].to_numpy() == label)
-        f = np.flatnonzero(f_fake["label"].to_numpy() == label)
-        nn = min(len(r), len(f))
-        if nn >= 2:
-            per[label] = {"fid": M.fid(feats_real[rng.choice(r, nn, replace=False)], feats_fake[rng.choice(f, nn, replace=False)]),
-                          "n": int(nn)}
+    per = _fid_per_value(f_real, feats_real, f_fake, feats_fake, "label", rng)
     out["per_class_fid"] = {k: v["fid"] for k, v in per.items()}
     out["per_class_n"] = {k: v["n"] for k, v in per.items()}
+    out["per_attribute_fid"] = {col: {k: v["fid"] for k, v in _fid_per_value(f_real, feats_real, f_fake, feats_fake,
+                                                                            col, rng).items()}
+                                for col in attributes if col in f_real.columns and col in f_fake.columns}
     return out
 
 

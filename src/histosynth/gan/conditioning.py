@@ -4,7 +4,8 @@ Saved inside every network checkpoint, so generation needs nothing else.
 
 * ``class``: one-hot of one categorical column (default ``label``).
 * ``attributes``: concatenated one-hots of several categorical columns (AttributeGAN-style).
-* ``vector``: numeric columns taken as they are.
+* ``vector``: numeric columns taken as they are. The spec keeps each training patient's mean
+  vector and label (``extra["table"]``), so generation can draw from the cohort's vectors.
 * ``expression``: the β-VAE posterior mean of each tile's patient (or slide) profile
   (RNA-GAN), columns ``z_mu_*``; optionally plus ``noise`` x the posterior σ (``z_sd_*``)
   per sample while training. The spec keeps every training key's embedding and label,
@@ -62,7 +63,14 @@ class ConditioningSpec:
             cats = {c: sorted(map(str, index[c].unique())) for c in columns}
             return cls(kind, list(columns), cats)
         if kind == "vector":
-            return cls(kind, list(columns))
+            bad = [c for c in columns if not pd.api.types.is_numeric_dtype(index[c])]
+            if bad:
+                raise UserError(f"gan.conditioning: vector needs numeric condition_columns; {bad} are not numeric "
+                                f"(use attributes for categorical columns)")
+            per = index.groupby("patient_id")
+            table = {str(p): {"mu": [float(v) for v in g[columns].mean().to_numpy()],
+                              "label": str(g["label"].iloc[0]) if "label" in g.columns else ""} for p, g in per}
+            return cls(kind, list(columns), {}, {"table": table})
         raise UserError(f"unknown gan.conditioning {kind!r}; use class, attributes, vector or none")
 
     def encode(self, df: pd.DataFrame) -> np.ndarray:

@@ -7,14 +7,38 @@ import torch
 import torch.nn.functional as F
 
 
-def g_main_loss(D, fake, c, aug):
-    return F.softplus(-D(aug(fake), c)).mean()
+def conditional_contrastive(h, cmap, c, temperature=1.0):
+    """The conditional contrastive (2C) loss of ContraGAN, as AttributeGAN used it: each image's
+    embedding `h` is pulled towards its condition's embedding `cmap` and towards the embeddings
+    of the other images with the same condition `c` (identical vectors: the same class or
+    attribute combination), and pushed from the rest. Cosine similarities over `temperature`."""
+    e, lab = F.normalize(h.float(), dim=1), F.normalize(cmap.float(), dim=1)
+    sim = e @ e.t() / temperature
+    n = len(e)
+    off = ~torch.eye(n, dtype=torch.bool, device=e.device)
+    same = (c[:, None, :] == c[None, :, :]).all(-1) & off
+    pos_label = (e * lab).sum(1) / temperature
+    neg_inf = torch.finfo(sim.dtype).min
+    num = torch.logsumexp(torch.cat([pos_label[:, None], sim.masked_fill(~same, neg_inf)], 1), 1)
+    den = torch.logsumexp(torch.cat([pos_label[:, None], sim.masked_fill(~off, neg_inf)], 1), 1)
+    return (den - num).mean()
 
 
-def d_main_loss(D, real, fake, c_real, c_fake, aug):
+def g_main_loss(D, fake, c, aug, contrastive=0.0, temperature=1.0):
+    if contrastive <= 0:
+        return F.softplus(-D(aug(fake), c)).mean()
+    score, h, cmap = D(aug(fake), c, return_embedding=True)
+    return F.softplus(-score).mean() + contrastive * conditional_contrastive(h, cmap, c, temperature)
+
+
+def d_main_loss(D, real, fake, c_real, c_fake, aug, contrastive=0.0, temperature=1.0):
     d_fake = D(aug(fake.detach()), c_fake)
-    d_real = D(aug(real), c_real)
-    return F.softplus(d_fake).mean() + F.softplus(-d_real).mean(), d_real
+    if contrastive <= 0:
+        d_real = D(aug(real), c_real)
+        return F.softplus(d_fake).mean() + F.softplus(-d_real).mean(), d_real
+    d_real, h, cmap = D(aug(real), c_real, return_embedding=True)
+    con = contrastive * conditional_contrastive(h, cmap, c_real, temperature)
+    return F.softplus(d_fake).mean() + F.softplus(-d_real).mean() + con, d_real
 
 
 def r1_penalty(D, real, c, aug):
@@ -65,7 +89,8 @@ class StyleGAN2Loss:
             with self.amp():
                 batch["fake"] = self.G_fwd(batch["z"], batch["c_fake"], update_w_avg=True,
                                            style_mixing=o["style_mixing"])
-                loss = g_main_loss(self.D_fwd, batch["fake"], batch["c_fake"], self.aug)
+                loss = g_main_loss(self.D_fwd, batch["fake"], batch["c_fake"], self.aug, o["contrastive_weight"],
+                                   o["contrastive_temperature"])
             loss.backward()
             out["loss_G"] = loss.detach()
             if do_reg:
@@ -76,7 +101,8 @@ class StyleGAN2Loss:
                 out["pl"] = pen.detach()
             return out
         with self.amp():
-            loss, d_real = d_main_loss(self.D_fwd, batch["real"], batch["fake"], batch["c_real"], batch["c_fake"], self.aug)
+            loss, d_real = d_main_loss(self.D_fwd, batch["real"], batch["fake"], batch["c_real"], batch["c_fake"], self.aug,
+                                       o["contrastive_weight"], o["contrastive_temperature"])
         loss.backward()
         out["loss_D"] = loss.detach()
         if do_reg:

@@ -320,11 +320,12 @@ class DiscriminatorEpilogue(nn.Module):
         self.fc = FullyConnectedLayer(in_channels * resolution ** 2, in_channels, activation="lrelu")
         self.out = FullyConnectedLayer(in_channels, cmap_dim or 1)
 
-    def forward(self, x, cmap):
-        x = self.out(self.fc(self.conv(self.mbstd(x)).flatten(1)))
+    def forward(self, x, cmap, return_embedding=False):
+        h = self.out(self.fc(self.conv(self.mbstd(x)).flatten(1)))
+        x = h
         if self.cmap_dim > 0:
-            x = (x * cmap.to(x.dtype)).sum(dim=1, keepdim=True) * (1 / np.sqrt(self.cmap_dim))
-        return x
+            x = (h * cmap.to(h.dtype)).sum(dim=1, keepdim=True) * (1 / np.sqrt(self.cmap_dim))
+        return (x, h, cmap) if return_embedding else x
 
 
 class Discriminator(nn.Module):
@@ -347,12 +348,14 @@ class Discriminator(nn.Module):
             self.mapping = MappingNetwork(0, c_dim, cmap_dim, None, w_avg_beta=None)
         self.b4 = DiscriminatorEpilogue(ch(4), cmap_dim, 4, mbstd_group, conv_clamp=conv_clamp)
 
-    def forward(self, img, c):
+    def forward(self, img, c, return_embedding=False):
+        """The score; with `return_embedding`, (score, the image's embedding before the projection,
+        the mapped condition), for the conditional contrastive loss."""
         x = None
         for res in self.block_resolutions:
             x = getattr(self, f"b{res}")(x, img)
         cmap = self.mapping(None, c) if self.c_dim > 0 else None
-        return self.b4(x, cmap)
+        return self.b4(x, cmap, return_embedding)
 
 
 def build_generator(opts: dict, c_dim: int) -> Generator:

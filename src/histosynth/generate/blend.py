@@ -40,23 +40,29 @@ def blend_ws(G, z, ca, cb, t: float, layers) -> torch.Tensor:
     return torch.where(mask.reshape(1, -1, 1), ws_t, ws_a)
 
 
-def blend_endpoints(spec):
-    """(names, c_a, c_b) of the two conditions a blend runs between, or None: the first two
-    classes (attribute combinations); for expression runs the first training profile of each
-    of the first two labels."""
-    if spec.kind == "expression":
+def blend_endpoints(spec, vary: str | None = None):
+    """(names, c_a, c_b, label of the second end) of the two conditions a blend runs between, or
+    None: the first two classes; for attributes runs the first combination and the same with
+    attribute `vary` (default the first condition column) at its next value; for expression and
+    vector runs the first training profile (patient vector) of each of the first two labels."""
+    if spec.kind in ("expression", "vector"):
         table = spec.extra["table"]
         labels = sorted({v["label"] for v in table.values()})
         if len(labels) < 2:
             return None
         ends = [sorted(k for k, v in table.items() if v["label"] == lab)[0] for lab in labels[:2]]
         ca, cb = (torch.from_numpy(spec.key_vectors([k])) for k in ends)
-        return [f"{ends[0]} ({labels[0]})", f"{ends[1]} ({labels[1]})"], ca, cb
+        return [f"{ends[0]} ({labels[0]})", f"{ends[1]} ({labels[1]})"], ca, cb, {"label": labels[1]}
     conds = spec.conditions()
     if spec.kind not in ("class", "attributes") or len(conds) < 2:
         return None
-    ca, cb = (torch.from_numpy(spec.encode(pd.DataFrame([c]))) for c in conds[:2])
-    return [spec.name(conds[0]), spec.name(conds[1])], ca, cb
+    a = conds[0]
+    col = vary if vary in spec.columns else spec.columns[0]
+    if len(spec.categories[col]) < 2:
+        return None
+    b = dict(a, **{col: spec.categories[col][1]})
+    ca, cb = (torch.from_numpy(spec.encode(pd.DataFrame([c]))) for c in (a, b))
+    return [spec.name(a), spec.name(b)], ca, cb, b
 
 
 @torch.no_grad()
@@ -84,26 +90,26 @@ def crossing(ts, p, level=0.5):
 
 
 @torch.no_grad()
-def blend_probability(G, spec, model, classes, seeds, steps, device="cpu") -> dict | None:
-    """For each layer group: the reference classifier's probability of the second class at each
-    blend point (per seed and mean), and where the mean crosses 0.5."""
+def blend_probability(G, spec, model, classes, seeds, steps, device="cpu", target="label") -> dict | None:
+    """For each layer group: the reference classifier's (predicting column `target`) probability
+    of the second end's class at each blend point (per seed and mean), and where the mean
+    crosses 0.5."""
     from histosynth.classify.model import predict
 
-    ends = blend_endpoints(spec)
+    ends = blend_endpoints(spec, vary=target)
     if ends is None:
         return None
-    names, ca, cb = ends
-    target = names[1].split(" (")[-1].rstrip(")") if spec.kind == "expression" else names[1].split(",")[0]
-    col = spec.columns[0] if spec.kind in ("class", "attributes") else "label"
-    if target not in classes:
-        return {"skipped": f"the reference classifier predicts {col} ({classes}); the blend's end {names[1]!r} is "
-                           f"not one of them"}
+    names, ca, cb, end_b = ends
+    if target not in end_b or str(end_b[target]) not in classes:
+        return {"skipped": f"the reference classifier predicts {target} ({classes}); the blend from {names[0]!r} to "
+                           f"{names[1]!r} does not move that column between two of its classes"}
+    value = str(end_b[target])
     ts = np.linspace(0, 1, steps)
-    out = {"from": names[0], "to": names[1], "class": target, "t": ts.tolist(), "seeds": list(map(int, seeds)),
-           "groups": {}}
+    out = {"from": names[0], "to": names[1], "class": value, "target": target, "t": ts.tolist(),
+           "seeds": list(map(int, seeds)), "groups": {}}
     for group, layers in layer_groups(G).items():
         frames = layer_blend_frames(G, ca, cb, seeds, steps, layers, device)
-        prob = np.stack([predict(model, f, device)[:, classes.index(target)] for f in frames], 1)  # seeds x t
+        prob = np.stack([predict(model, f, device)[:, classes.index(value)] for f in frames], 1)  # seeds x t
         mean = prob.mean(0)
         out["groups"][group] = {"layers": layers, "p_mean": mean.tolist(), "p_seeds": prob.tolist(),
                                 "crossing": crossing(ts, mean),
@@ -135,3 +141,26 @@ def probability_plot(result: dict, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def attribute_rows(spec) -> list[tuple[str, dict, dict]]:
+    """(row name, from-condition, to-condition) for per-attribute interpolation: from the first
+    combination, one attribute moves to each of its other values while the others stay fixed."""
+    if spec.kind != "attributes":
+        return []
+    base = spec.conditions()[0]
+    return [(f"{col}: {base[col]} → {v}", base, dict(base, **{col: v}))
+            for col in spec.columns for v in spec.categories[col] if v != base[col]]
+
+
+@torch.no_grad()
+def attribute_grid(G, spec, seed: int, steps: int, device="cpu") -> tuple[np.ndarray, list[str]]:
+    """uint8 images (rows x steps, row-major) of per-attribute interpolations for one seed, and
+    the row names."""
+    rows, names = [], []
+    for name, a, b in attribute_rows(spec):
+        ca, cb = (torch.from_numpy(spec.encode(pd.DataFrame([c]))) for c in (a, b))
+        frames = layer_blend_frames(G, ca, cb, [seed], steps, range(G.num_ws), device)
+        rows.append(np.concatenate(frames, 0))
+        names.append(name)
+    return np.concatenate(rows, 0), names

@@ -122,8 +122,10 @@ def generate_sets(G, sets: list[dict], outdir, network, *, truncation=1.0, batch
 
 def expression_sets(spec, per_class: int, seed0: int) -> list[dict]:
     """Per class, `per_class` tiles spread evenly over that class's training profiles
-    (the embeddings stored in the network), with consecutive seeds."""
+    (the embeddings stored in the network; for vector runs the training patients' mean
+    vectors), with consecutive seeds."""
     table = spec.extra["table"]
+    key_col = "expression_key" if spec.kind == "expression" else "source_patient"
     sets = []
     for label in sorted({v["label"] for v in table.values()}):
         keys = sorted(k for k, v in table.items() if v["label"] == label)
@@ -131,18 +133,41 @@ def expression_sets(spec, per_class: int, seed0: int) -> list[dict]:
         start = seed0
         for k, n in zip(keys, counts):
             if n:
-                sets.append({"name": k, "c": table[k]["mu"], "seeds": np.arange(start, start + n),
-                             "meta": {"label": label, "expression_key": k}})
+                meta = {"label": label, key_col: k}
+                if spec.kind == "vector":
+                    meta.update(zip(spec.columns, table[k]["mu"]))
+                sets.append({"name": k, "c": table[k]["mu"], "seeds": np.arange(start, start + n), "meta": meta})
             start += n
     return sets
 
 
 @torch.no_grad()
+def vector_sets(spec, csv, per_vector: int, seed0: int) -> list[dict]:
+    """One set per row of `csv`: the run's condition columns (numbers), optionally `name` and
+    `label` (the label lets the study and concordance use the tiles)."""
+    df = pd.read_csv(csv)
+    missing = [c for c in spec.columns if c not in df.columns]
+    if missing:
+        raise UserError(f"generate.vectors {csv}: columns {missing} missing; the network's condition columns are "
+                        f"{spec.columns} (optional: name, label)")
+    sets = []
+    for i, row in df.reset_index(drop=True).iterrows():
+        name = str(row["name"]) if "name" in df.columns else f"vector{i:04d}"
+        meta = {c: float(row[c]) for c in spec.columns} | ({"label": str(row["label"])} if "label" in df.columns else {})
+        sets.append({"name": name, "c": [float(row[c]) for c in spec.columns], "meta": meta,
+                     "seeds": np.arange(seed0, seed0 + per_vector)})
+    return sets
+
+
 def generate(network, outdir, per_class: int, *, truncation=1.0, seed0=0, batch=64, device="cpu",
-             tile_meta: dict | None = None, progress=True, fov_um=None, out_px=None) -> pd.DataFrame:
+             tile_meta: dict | None = None, progress=True, fov_um=None, out_px=None, vectors=None) -> pd.DataFrame:
     G, spec, opts = stylegan2_network(network, device)
     post, tile_meta = field_of_view(tile_meta or {}, fov_um, out_px)
-    if spec.kind == "expression":
+    if vectors is not None:
+        if spec.kind != "vector":
+            raise UserError(f"generate.vectors is for vector-conditioned runs; {network} is {spec.kind!r}")
+        sets = vector_sets(spec, vectors, per_class, seed0)
+    elif spec.kind in ("expression", "vector"):
         sets = expression_sets(spec, per_class, seed0)
     else:
         sets = [{"name": spec.name(cond), "c": spec.encode(pd.DataFrame([cond])), "meta": cond,
@@ -199,7 +224,7 @@ def class_blend_grid(network, out_png, out_gif=None, seeds=(0, 1, 2, 3), steps=8
     ends = blend_endpoints(spec)
     if ends is None:
         return None
-    names, ca, cb = ends
+    names, ca, cb, _ = ends
     save_frames(layer_blend_frames(G, ca, cb, seeds, steps, range(G.num_ws), device), out_png, out_gif, out_mp4)
     return names
 
@@ -214,8 +239,8 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
 def _interpolation_conditions(spec):
     """(names, condition vectors) to show: each class (or attribute combination, at most 8);
-    for expression runs the first training profile of each class."""
-    if spec.kind == "expression":
+    for expression and vector runs the first training profile (patient vector) of each class."""
+    if spec.kind in ("expression", "vector"):
         table = spec.extra["table"]
         keys = [sorted(k for k, v in table.items() if v["label"] == lab)[0]
                 for lab in sorted({v["label"] for v in table.values()})]

@@ -262,6 +262,10 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                      f"seeds). Rows of the second image: the layer groups, first seed. Video: "
                      f"<a href='../evaluate/{html.escape(gan_run)}/blend.mp4'>blend.mp4</a>.</p>"
                      + _img(eval_dir / "blend_probability.png", 520) + " " + _img(eval_dir / "blend_layers.png", 640))
+    if (eval_dir / "attributes.png").exists():
+        parts.append("<h3>Per-attribute interpolation</h3><p>One seed; from the first combination of attribute values, "
+                     "each row moves one attribute to another of its values while the others stay fixed.</p>"
+                     + _img(eval_dir / "attributes.png", 640))
     parts.append("<h3>Latent interpolation</h3><p>Same class per row; the latent moves along the great circle between "
                  "two seeds, left to right.</p>" + _img(eval_dir / "latent.png", 640) + " " + _img(eval_dir / "latent.gif", 640))
     parts.append("<h2>Generative metrics</h2>")
@@ -280,10 +284,19 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                          "patients, so a generator that reproduces class-level statistics can reach it; read it together "
                          f"with recall ({m['recall']:.2f}: the share of real tiles the generated set covers) and the "
                          "sample grids, not as 'indistinguishable from real'.</p>")
+    for ex, m in summary["metrics"][gan_run].items():
+        for col, fids in (m.get("per_attribute_fid") or {}).items():
+            parts.append(f"<p>[{html.escape(ex)}] FID per value of <i>{html.escape(col)}</i>: "
+                         + html.escape(", ".join(f"{k}: {v:.2f}" for k, v in fids.items())) + "</p>")
     c = summary["concordance"][gan_run]
-    parts.append(f"<h3>Concordance</h3><p>The reference classifier (real training tiles only) assigns "
-                 f"<b>{c['weak']:.1%}</b> of generated tiles to their intended class (weak concordance) and "
-                 f"<b>{c['strong']:.1%}</b> with probability ≥ {c['strong_threshold']} (strong), over {c['n']} tiles.</p>")
+    if "skipped" in c:
+        parts.append(f"<h3>Concordance</h3><p>Not computed: {html.escape(c['skipped'])}.</p>")
+    else:
+        parts.append(f"<h3>Concordance</h3><p>The reference classifier (real training tiles only, predicting "
+                     f"<i>{html.escape(c.get('target', 'label'))}</i>) assigns "
+                     f"<b>{c['weak']:.1%}</b> of generated tiles to their intended class (weak concordance) and "
+                     f"<b>{c['strong']:.1%}</b> with probability ≥ {c['strong_threshold']} (strong), over {c['n']} "
+                     f"tiles.</p>")
     parts.append("<h2>Augmentation study (held-out real test patients)</h2>" + _img(classify_dir / "study.png"))
     if not summary.get("study_gan_patients_known", True):
         parts.append("<p class=warn>The generator's training patients are unknown (imported network), so it may have "

@@ -47,6 +47,9 @@ class StyleGAN2Kind:
         if len(t) == 0:
             raise UserError(f"no kept tiles in the GAN's training partitions {opts['train_partitions']}")
         self.spec = ConditioningSpec.fit(opts["conditioning"], t, opts["condition_columns"], noise=opts["expression_noise"])
+        if opts["contrastive_weight"] > 0 and self.spec.kind not in ("class", "attributes"):
+            raise UserError(f"gan.contrastive_weight: the conditional contrastive loss compares classes or attribute "
+                            f"combinations; this run is {self.spec.kind!r}-conditioned (set it to 0)")
         self.kind = self.spec.kind
         self.c_all = torch.from_numpy(self.spec.encode(t))
         self.noise = self.spec.extra.get("noise", 0.0) if self.spec.kind == "expression" else 0.0
