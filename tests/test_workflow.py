@@ -176,6 +176,12 @@ def test_dry_run_lists_the_dag_and_single_rule_rerun(workdir):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "input: results/split/tiles.parquet, net.pkl" in r.stdout
     (workdir / "net.pkl").unlink()
+    # an attributes run: its own interpolation grids, FID per attribute value, and the blend analysis
+    r = run(["-n", "-p", "evaluated", "--config", "gan={conditioning: attributes, condition_columns: [label, sex]}"],
+            workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rule attribute_grids" in r.stdout and "--attributes label sex" in r.stdout
+    assert "rule blend_analysis" in r.stdout
     r = run(["-R", "evaluate"], workdir)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((workdir / "results/evaluate/stylegan2-class/metrics.json").read_text())["metrics"]["domain"]
