@@ -141,7 +141,6 @@ def expression_sets(spec, per_class: int, seed0: int) -> list[dict]:
     return sets
 
 
-@torch.no_grad()
 def vector_sets(spec, csv, per_vector: int, seed0: int) -> list[dict]:
     """One set per row of `csv`: the run's condition columns (numbers), optionally `name` and
     `label` (the label lets the study and concordance use the tiles)."""
@@ -159,6 +158,7 @@ def vector_sets(spec, csv, per_vector: int, seed0: int) -> list[dict]:
     return sets
 
 
+@torch.no_grad()
 def generate(network, outdir, per_class: int, *, truncation=1.0, seed0=0, batch=64, device="cpu",
              tile_meta: dict | None = None, progress=True, fov_um=None, out_px=None, vectors=None) -> pd.DataFrame:
     G, spec, opts = stylegan2_network(network, device)
