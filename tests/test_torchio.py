@@ -66,10 +66,11 @@ def test_every_network_file_loads_with_weights_only(tmp_path):
     assert np.array_equal(np.random.rand(3), expected) and state["options"] == {"kimg": 1.0}
 
     model = build("shufflenet_v2_x0_5", 2)
-    save_reference(model, ["a", "b"], {"arch": "shufflenet_v2_x0_5"}, {"auc": np.float64(0.9)}, tmp_path / "ref.pt")
+    save_reference(model, ["a", "b"], {"arch": "shufflenet_v2_x0_5", "target": "grade"}, {"auc": np.float64(0.9)},
+                   tmp_path / "ref.pt")
     torch.load(tmp_path / "ref.pt", weights_only=True)
     _, classes, ck = load_reference(tmp_path / "ref.pt")
-    assert classes == ["a", "b"] and ck["val_metrics"]["auc"] == 0.9
+    assert classes == ["a", "b"] and ck["val_metrics"]["auc"] == 0.9 and ck["target"] == "grade"
 
     SegNet(3, 16, ngf=8).save(tmp_path / "seg.pt")
     torch.load(tmp_path / "seg.pt", weights_only=True)
