@@ -18,6 +18,25 @@ CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+NEEDS_BROWSER = pytest.mark.skipif(not (CHROMEDRIVER and CHROMIUM), reason="needs chromium and chromedriver (apt "
+                                   "install chromium chromium-driver; .ci/run installs them)")
+
+
+def headless_chromium(tmp_path):
+    """A headless chromium driven through chromedriver (selenium)."""
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000",
+              f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
     from test_masks import mask_opts
@@ -66,13 +85,9 @@ def test_api_rejects_bad_input_and_is_deterministic(server):
     assert outs[0]["tile"] == outs[1]["tile"] and outs[0]["classes"]["nuclei"] == 15 * 15
 
 
-@pytest.mark.skipif(not (CHROMEDRIVER and CHROMIUM), reason="needs chromium and chromedriver (apt install chromium "
-                    "chromium-driver; .ci/run installs them)")
+@NEEDS_BROWSER
 def test_page_round_trips_a_drawn_map_in_headless_chromium(server, network, tmp_path):
-    pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
+    driver = headless_chromium(tmp_path)
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -80,12 +95,6 @@ def test_page_round_trips_a_drawn_map_in_headless_chromium(server, network, tmp_
     from histosynth.gan.checkpoint import load_generator
     from histosynth.generate.from_maps import render
 
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000",
-              f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
         driver.get(server + "/")
         wait = WebDriverWait(driver, 60)
@@ -288,22 +297,12 @@ def test_class_api_is_deterministic_blends_and_refuses_what_it_cannot_do(both, c
     assert code == 400 and "'class' network" in j["error"]
 
 
-@pytest.mark.skipif(not (CHROMEDRIVER and CHROMIUM), reason="needs chromium and chromedriver (apt install chromium "
-                    "chromium-driver; .ci/run installs them)")
+@NEEDS_BROWSER
 def test_class_page_picks_class_seed_psi_and_blends_in_headless_chromium(both, class_network, tmp_path):
-    pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
+    driver = headless_chromium(tmp_path)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000",
-              f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     state = lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")  # noqa: E731
     try:
         driver.get(both + "/classes")
