@@ -338,3 +338,15 @@ def test_widths_are_recovered_from_the_channels_of_each_resolution():
         assert {r: N.channels(r, b, m) for r in per_res} == per_res
     with pytest.raises(UserError, match="not min"):
         _widths({4: 8, 8: 16, 16: 8}, "G", "net.pkl")
+
+
+def test_a_discriminator_of_other_widths_is_left_out_and_the_generator_still_loads(tmp_path):
+    from histosynth.gan.checkpoint import load_generator
+
+    torch.manual_seed(0)
+    G = N.Generator(8, 2, 16, 16, 256, 16, 2)
+    write_snapshot(tmp_path / "mix.pkl", G, N.Discriminator(2, 16, 512, 32))
+    ck = import_stylegan2(tmp_path / "mix.pkl", tmp_path / "mix.pt")
+    assert ck["D"] is None and (ck["options"]["channel_base"], ck["options"]["channel_max"]) == (256, 16)
+    net = load_generator(tmp_path / "mix.pt")
+    assert all(torch.equal(net.G.state_dict()[k], v) for k, v in G.state_dict().items())

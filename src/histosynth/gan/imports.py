@@ -212,10 +212,13 @@ def _discriminator(D: Persistent, opts: dict, c_dim: int, path):
         per_res = {r: int(b.child("conv0").state["_parameters"]["weight"].shape[0]) for r, b in blocks.items()}
         per_res[4] = int(D.child("b4").child("conv").state["_parameters"]["weight"].shape[0])
         base, cmax = _widths(per_res, "discriminator", path)
+        if (base, cmax) != (opts["channel_base"], opts["channel_max"]):  # one width setting serves both networks
+            raise ValueError(f"its widths (base {base}, max {cmax}) differ from the generator's "
+                             f"({opts['channel_base']}, {opts['channel_max']})")
         net = Discriminator(c_dim, opts["resolution"], base, cmax, cmap_dim=D.child("b4").attr("cmap_dim") or None,
                             mbstd_group=mbstd.attr("group_size") or 4, conv_clamp=opts["conv_clamp"])
         net.load_state_dict(D.state_dict())
-        return net, {"channel_base": base, "channel_max": cmax, "mbstd_group": mbstd.attr("group_size") or 4}
+        return net, {"mbstd_group": mbstd.attr("group_size") or 4}
     except (ValueError, RuntimeError, UserError, AttributeError, KeyError, TypeError) as exc:
         log.warning("%s: the discriminator is left out (%s); generation needs only G_ema", path, exc)
         return None, {}
