@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from histosynth.gan.resample import conv2d_resample, setup_filter, upsample2d
 
 SQRT2 = math.sqrt(2.0)
+SQRT_HALF = math.sqrt(0.5)  # python floats: a numpy scalar would be traced as a tensor and break torch.compile graphs
 
 
 def normalize_2nd_moment(x, eps=1e-8):
@@ -288,8 +288,8 @@ class DiscriminatorBlock(nn.Module):
     def forward(self, x, img):
         if self.in_channels == 0:
             x = self.fromrgb(img)
-        y = self.skip(x, gain=np.sqrt(0.5))
-        x = self.conv1(self.conv0(x), gain=np.sqrt(0.5))
+        y = self.skip(x, gain=SQRT_HALF)
+        x = self.conv1(self.conv0(x), gain=SQRT_HALF)
         return y + x
 
 
@@ -324,7 +324,7 @@ class DiscriminatorEpilogue(nn.Module):
         h = self.out(self.fc(self.conv(self.mbstd(x)).flatten(1)))
         x = h
         if self.cmap_dim > 0:
-            x = (h * cmap.to(h.dtype)).sum(dim=1, keepdim=True) * (1 / np.sqrt(self.cmap_dim))
+            x = (h * cmap.to(h.dtype)).sum(dim=1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
         return (x, h, cmap) if return_embedding else x
 
 
