@@ -97,8 +97,13 @@ def fused_adam(device) -> dict:
     return {"fused": True} if device.type == "cuda" else {}
 
 
+# Where gan.precision bf16 takes effect: on GPUs (tensor cores). The test suite adds "cpu" to
+# run the same mixed-precision training path on the CPU's bf16 autocast.
+BF16_DEVICES = ("cuda",)
+
+
 def autocast(precision: str, device):
     """A context factory: bf16 autocast on GPU when precision is bf16, else a no-op."""
-    if precision == "bf16" and device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16" and device.type in BF16_DEVICES:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return lambda: torch.autocast("cpu", enabled=False)
