@@ -203,3 +203,37 @@ def test_conditional_contrastive_loss_equals_its_definition_and_rewards_clusters
     clustered = conditional_contrastive(centres, cmap, c, 0.5)
     shuffled = conditional_contrastive(centres[[1, 2, 0, 4, 5, 3]], cmap, c, 0.5)
     assert float(clustered) < float(shuffled)
+
+
+def test_classifier_trains_under_the_gpus_bf16_autocast(tmp_path, monkeypatch):
+    """The classifier's GPU training path (bf16 autocast, the GAN's precision policy) run on
+    the CPU's bf16 autocast: its convolutions do run in bf16, its weights stay fp32, finite and
+    trained, and prediction stays fp32."""
+    from histosynth.classify.model import build, predict, train
+    from histosynth.slides.store import load_tiles
+    from histosynth.torch_utils import distributed as tdist
+
+    monkeypatch.setattr(tdist, "BF16_DEVICES", ("cuda", "cpu"))
+    index, _, _ = toy_index(tmp_path, 64)
+    tiles, labels = load_tiles(index), (index["label"] == "light").to_numpy().astype(int)
+    seen = set()
+    opts = validate({"classify": {"arch": "shufflenet_v2_x0_5", "steps": 8, "batch": 16}})["classify"]
+    torch.manual_seed(0)  # as train() seeds before it builds: the same initial weights
+    init = build(opts["arch"], 2).state_dict()
+    orig = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        out = orig(self, x)
+        seen.add((torch.is_grad_enabled(), out.dtype))
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", spy)
+    model = train(tiles, labels, 2, opts, seed=0)
+    assert (True, torch.bfloat16) in seen and (True, torch.float32) not in seen, seen
+    seen.clear()
+    prob = predict(model, tiles)
+    assert seen == {(False, torch.float32)} and prob.dtype == np.float32
+    trained = model.state_dict()
+    assert all(v.dtype == init[k].dtype and torch.isfinite(v.float()).all() for k, v in trained.items())
+    assert any(not torch.equal(v, init[k]) for k, v in trained.items() if v.is_floating_point())
+    assert np.isfinite(prob).all() and np.allclose(prob.sum(1), 1, atol=1e-5)

@@ -4,8 +4,6 @@ colour jitter). The same code serves the augmentation study and the reference cl
 behind the domain feature extractor and concordance."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -62,11 +60,12 @@ def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def _autocast(device):
-    """bf16 autocast for training on a GPU (tensor cores); fp32 on the CPU. Prediction and
-    features stay fp32 everywhere: FID and AUC must not depend on the device's precision."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast for training on a GPU (tensor cores; the GAN's policy,
+    histosynth.torch_utils.distributed.autocast); fp32 on the CPU. Prediction and features
+    stay fp32 everywhere: FID and AUC must not depend on the device's precision."""
+    from histosynth.torch_utils.distributed import autocast
+
+    return autocast("bf16", torch.device(device))()
 
 
 DEVICE_TILES_MAX_BYTES = 8 * 2**30  # training tiles held on the GPU up to this size, else sent per batch
