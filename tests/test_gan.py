@@ -177,6 +177,8 @@ def test_compiled_training_path_matches_eager_without_graph_breaks(tmp_path, mon
     assert counters["stats"]["unique_graphs"] <= 5, dict(counters["stats"])
     assert not counters["recompiles"], dict(counters["recompiles"])
     assert eager["loss"]["augment"]["p"] == compiled["loss"]["augment"]["p"] > 0.5  # p rose twice (r_t > target)
+    assert [json.loads((tmp_path / r / "training_options.json").read_text())["compiled"]
+            for r in ("eager", "compiled")] == [False, True]
     for key in ("G", "D", "G_ema"):
         for k in eager[key]:
             assert torch.equal(eager[key][k], compiled[key][k]), (key, k)
@@ -200,6 +202,8 @@ def test_bf16_compiled_training_path_on_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "COMPILE_OPTIONS", {"backend": "aot_eager", "fullgraph": True})
     torch._dynamo.reset()
     bf16 = load(train(index, tmp_path / "bf16", o, progress=False))
+    assert [json.loads((tmp_path / r / "training_options.json").read_text())["bf16_autocast"]
+            for r in ("fp32", "bf16")] == [False, True]
     stats = [json.loads(line) for line in (tmp_path / "bf16" / "stats.jsonl").read_text().splitlines()]
     ref = [json.loads(line) for line in (tmp_path / "fp32" / "stats.jsonl").read_text().splitlines()]
     for k in ("loss_G", "loss_D", "r1", "pl"):

@@ -102,8 +102,13 @@ def fused_adam(device) -> dict:
 BF16_DEVICES = ("cuda",)
 
 
+def uses_bf16(precision: str, device) -> bool:
+    """Whether `precision` means bf16 autocast on `device`."""
+    return precision == "bf16" and device.type in BF16_DEVICES
+
+
 def autocast(precision: str, device):
     """A context factory: bf16 autocast on GPU when precision is bf16, else a no-op."""
-    if precision == "bf16" and device.type in BF16_DEVICES:
+    if uses_bf16(precision, device):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return lambda: torch.autocast("cpu", enabled=False)

@@ -114,6 +114,7 @@ def training_loop(kind, opts: dict, outdir, world: int, rank: int, device, progr
     G_fwd, D_fwd = G, D
     if kind.compilable and opts["compile"] and device.type in COMPILE_DEVICES:
         G_fwd, D_fwd = torch.compile(G, **COMPILE_OPTIONS), torch.compile(D, **COMPILE_OPTIONS)
+    resolved.update(compiled=G_fwd is not G, bf16_autocast=tdist.uses_bf16(opts["precision"], device))
     loss = kind.loss(G, D, G_fwd, D_fwd, tdist.autocast(opts["precision"], device), tdist.mean_over_ranks(device, world))
     phases = [(name, G if name == "G" else D, opt_G if name == "G" else opt_D, interval)
               for name, interval in loss.phases()]
