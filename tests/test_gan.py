@@ -214,3 +214,98 @@ def test_bf16_compiled_training_path_on_cpu(tmp_path, monkeypatch):
             assert v.dtype == fp32[key][k].dtype and torch.isfinite(v.float()).all(), (key, k)
             diffs.append(float((v.float() - fp32[key][k].float()).abs().max()))
     assert 0 < max(diffs) < 0.05, max(diffs)
+
+
+class _HostToDevice:
+    """Records every copy from the CPU to another device that a dispatched op makes, and whether
+    it was asked not to block (a blocking copy is a CUDA stream sync: the host waits for the GPU)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        seen = self.seen = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                devs = lambda tree: {t.device.type for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)}  # noqa: E731
+                if "cpu" in devs((args, kwargs)) and devs(out) - {"cpu"}:
+                    seen.append((str(func), bool(kwargs.get("non_blocking", False))))
+                return out
+        self.mode = Mode()
+
+
+@pytest.mark.parametrize("run_kind", ["class", "spade", "pix2pix"])
+def test_a_training_step_makes_no_host_sync(tmp_path, monkeypatch, run_kind):
+    """A whole training step (batch, G phase with path length, D phase with R1; ADA at p = 0.5,
+    style mixing, the contrastive loss) on PyTorch's meta device, which has tensors without
+    values: any read of a value on the host (.item(), float(), a bool of a tensor, nonzero, a
+    data-dependent shape), each a GPU sync on CUDA, raises there. Copies from the CPU must not
+    block, and no constant is built on the host and copied per step. (ADA's p controller reads
+    r_t once every 4 steps, stylegan2-ada's interval; two steps stay inside that window.)"""
+    import contextlib
+
+    from test_masks import mask_opts
+    from toydata import toy_mask_index
+
+    from histosynth.gan.training.kinds import LabelMapKind, StyleGAN2Kind
+    from histosynth.torch_utils import distributed as tdist
+
+    meta = torch.device("meta")
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: contextlib.nullcontext())  # no autocast for meta
+    made = []
+    real_tensor = torch.tensor
+
+    def tensor(data, *a, **k):
+        if k.get("device") is not None and torch.device(k["device"]).type != "cpu":
+            made.append(data)
+        return real_tensor(data, *a, **k)
+
+    monkeypatch.setattr(torch, "tensor", tensor)
+    if run_kind == "class":
+        index, _, _ = toy_index(tmp_path, 16)
+        kind = StyleGAN2Kind(index, tiny_opts(augment="ada", ada_p=0.5, style_mixing=0.9, pl_weight=2.0,
+                                              contrastive_weight=0.5), meta, 1)
+    else:
+        index, _, _ = toy_mask_index(tmp_path, 32, 16)
+        o, m = mask_opts(run_kind, resolution=16)
+        kind = LabelMapKind(index, o, m, meta, 1)
+    G, D = (net.to(meta) for net in kind.build())
+    loss = kind.loss(G, D, G, D, tdist.autocast("fp32", meta), None)
+    copies = _HostToDevice()
+    gen = torch.Generator().manual_seed(0)
+    keys = set()
+    with copies.mode:
+        for _ in range(2):
+            batch = kind.next_batch(8, gen)
+            for phase, interval in loss.phases():
+                out = loss.accumulate_gradients(phase, batch, interval > 0)
+                assert all(v.device == meta for v in out.values()), out
+                keys |= set(out)
+    assert batch["real"].device == meta and (run_kind != "class" or {"pl", "r1"} <= keys), keys
+    assert copies.seen and all(non_blocking for _, non_blocking in copies.seen), copies.seen
+    assert not made, made
+
+
+def test_dihedral_batch_path_matches_the_eight_symmetries_image_by_image():
+    from histosynth.torch_utils.images import dihedral, dihedral_draws, paired_dihedral
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 3, 8, 8)
+    k, f = dihedral_draws(16, gen)
+    assert set(k.tolist()) == {0, 1, 2, 3} and set(f.tolist()) == {False, True}
+    out = dihedral(x, k, f)
+    for i in range(16):
+        want = x[i].rot90(int(k[i]), dims=(1, 2))
+        want = want.flip(2) if f[i] else want
+        assert torch.equal(out[i], want)
+    # A non-square batch takes the image-by-image path (a quarter turn changes its shape).
+    r = torch.randn(4, 3, 6, 6)[..., :4]
+    assert torch.equal(dihedral(r, torch.zeros(4, dtype=torch.long), torch.tensor([1, 0, 1, 0]).bool())[0], r[0].flip(2))
+    # The tile and its label map turn together.
+    seg = torch.arange(64).view(1, 8, 8).expand(16, 8, 8).clone()
+    img = seg.unsqueeze(1).float().expand(16, 3, 8, 8).clone()
+    oi, os_ = paired_dihedral(img, seg, torch.Generator().manual_seed(5))
+    assert torch.equal(oi[:, 0].long(), os_)

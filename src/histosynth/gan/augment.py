@@ -137,7 +137,7 @@ def ada_augment(x: torch.Tensor, p: float, cutout: bool = True) -> torch.Tensor:
     # colour: one 4x4 matrix on homogeneous RGB (ADA's luma axis)
     if x.shape[1] == 3:
         C = torch.eye(4, **f32).repeat(n, 1, 1)
-        v = torch.tensor([1, 1, 1, 0], **f32) / math.sqrt(3)  # luma axis
+        v = F.pad(torch.ones(3, **f32), (0, 1)) / math.sqrt(3)  # luma axis (made on the device: no host copy)
         b = gate(torch.randn(n, **f32) * 0.2, 0)
         T = torch.eye(4, **f32).repeat(n, 1, 1)
         T[:, :3, 3] = b[:, None]

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from histosynth.slides.store import TileStore, load_tiles
+from histosynth.torch_utils.images import dihedral, dihedral_draws
 from histosynth.utils import UserError
 
 
@@ -50,7 +51,7 @@ class TileSource:
     def get(self, idx) -> torch.Tensor:
         """uint8 (B, 3, H, W) tiles for the given row numbers."""
         if self.preloaded is not None:
-            return self.preloaded[torch.as_tensor(idx).to(self.preloaded.device)]
+            return self.preloaded[torch.as_tensor(idx).to(self.preloaded.device, non_blocking=True)]
         tiles = list(self._pool.map(self._read, list(idx)))
         return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
 
@@ -63,19 +64,7 @@ def random_dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random flip / 90° rotation per image (histology has no orientation). The draws come from
     `gen` (a CPU generator the trainer checkpoints); square batches are transformed on their
     own device with no per-image loop and no host sync."""
-    k = torch.randint(0, 4, (x.shape[0],), generator=gen)
-    f = torch.randint(0, 2, (x.shape[0],), generator=gen).bool()
-    if x.shape[2] == x.shape[3]:
-        k, f = k.to(x.device).view(-1, 1, 1, 1), f.to(x.device).view(-1, 1, 1, 1)
-        out = x
-        for r in (1, 2, 3):
-            out = torch.where(k == r, x.rot90(r, dims=(2, 3)), out)
-        return torch.where(f, out.flip(3), out)
-    out = torch.empty_like(x)
-    for i in range(x.shape[0]):
-        t = x[i].rot90(int(k[i]), dims=(1, 2))
-        out[i] = t.flip(2) if f[i] else t
-    return out
+    return dihedral(x, *dihedral_draws(x.shape[0], gen))
 
 
 def sampling_weights(index: pd.DataFrame, balance_column: str | None) -> torch.Tensor:

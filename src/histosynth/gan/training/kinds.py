@@ -89,7 +89,8 @@ class StyleGAN2Kind:
         if self.noise:  # a sample of the profile's posterior instead of its mean
             c_real = c_real + self.noise * self.sd_all[idx] * torch.randn(c_real.shape, generator=gen)
             c_fake = c_fake + self.noise * self.sd_all[fidx] * torch.randn(c_fake.shape, generator=gen)
-        return {"real": real, "c_real": c_real.to(dev), "z": z, "c_fake": c_fake.to(dev)}
+        return {"real": real, "c_real": c_real.to(dev, non_blocking=True), "z": z,
+                "c_fake": c_fake.to(dev, non_blocking=True)}
 
     def _grid_inputs(self):
         conds, per = self.spec.conditions(), self.o["grid_per_class"]
@@ -158,7 +159,7 @@ class LabelMapKind:
     def next_batch(self, n: int, gen: torch.Generator) -> dict:
         idx = torch.multinomial(self.weights, n, replacement=True, generator=gen)
         real_u8, seg_u8 = paired_dihedral(self.source.get(idx), self.maps[idx], gen)
-        return {"real": to_float(real_u8, self.device), "seg": one_hot(seg_u8.to(self.device), len(self.labels))}
+        return {"real": to_float(real_u8, self.device), "seg": one_hot(seg_u8.to(self.device, non_blocking=True), len(self.labels))}
 
     def write_reals(self, samples) -> None:
         pass  # every sample grid shows the maps and their real tiles beside the generated ones
