@@ -10,10 +10,15 @@ A setting is precision + options joined by '+': `fp32` or `bf16`, then any of `c
 geometric warp and R1 through it run at every R1 step) or `diffaug`; no augmentation otherwise;
 `nopl` and `nomix` turn off path-length regularisation and style mixing (stylegan2-ada's
 defaults, on otherwise: the cost of each is the ratio of a setting with and without it).
+Two levers exist only here, to measure their gain: `nofused` trains with Adam's per-parameter
+loop instead of the fused CUDA kernel the training uses on a GPU, and `cudagraphs` compiles G
+and D with `mode="reduce-overhead"` (CUDA graphs) instead of the default mode.
 
   python benchmarks/gan_train.py          # GPU: paper256, bf16 | bf16+ada | bf16+compile | bf16+compile+ada
+                                          #      | the last +nofused | the last +cudagraphs
                                           # CPU: demo64, fp32 | fp32+ada
   python benchmarks/gan_train.py --preset paper256 --settings bf16 bf16+compile+ada --ada-p 0.5 --kimg 4
+  python benchmarks/gan_train.py --settings bf16+compile+ada bf16+compile+ada+nofused bf16+compile+ada+cudagraphs
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import histosynth.gan.training.kinds as kinds  # noqa: E402
+import histosynth.gan.training.loop as loop  # noqa: E402
 from histosynth.gan.training.loop import train  # noqa: E402
 from histosynth.slides.store import TileStoreWriter  # noqa: E402
 
@@ -68,12 +75,31 @@ def make_tiles(tmp: Path, n: int, px: int) -> pd.DataFrame:
 
 def parse_setting(name: str, ada_p: float) -> dict:
     parts = name.split("+")
-    if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"compile", "ada", "diffaug", "nopl", "nomix"}:
-        raise SystemExit(f"unknown setting {name!r}: fp32|bf16 followed by +compile, +ada, +diffaug, +nopl, +nomix")
+    levers = {"compile", "ada", "diffaug", "nopl", "nomix", "nofused", "cudagraphs"}
+    if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= levers:
+        raise SystemExit(f"unknown setting {name!r}: fp32|bf16 followed by any of " + ", ".join(f"+{x}" for x in levers))
+    if "cudagraphs" in parts and "compile" not in parts:
+        raise SystemExit(f"setting {name!r}: +cudagraphs is a mode of +compile")
     augment = "ada" if "ada" in parts else "diffaugment" if "diffaug" in parts else "none"
     off = {**({"pl_weight": 0.0} if "nopl" in parts else {}), **({"style_mixing": 0.0} if "nomix" in parts else {})}
     return dict(precision=parts[0], compile="compile" in parts, augment=augment,
-                ada_p=ada_p if augment == "ada" else None, **off)
+                ada_p=ada_p if augment == "ada" else None, **off), {"nofused": "nofused" in parts,
+                                                                   "cudagraphs": "cudagraphs" in parts}
+
+
+def set_levers(nofused: bool, cudagraphs: bool):
+    """The benchmark-only levers: plain Adam instead of the fused kernel, CUDA graphs."""
+    kinds.fused_adam = (lambda device: {}) if nofused else FUSED_ADAM
+    loop.COMPILE_OPTIONS = {"mode": "reduce-overhead"} if cudagraphs else dict(COMPILE_OPTIONS)
+
+
+FUSED_ADAM, COMPILE_OPTIONS = kinds.fused_adam, dict(loop.COMPILE_OPTIONS)
+
+
+# On a GPU, by default: what ADA costs, what compile gains with and without it, and the gain of
+# the fused optimizer and of CUDA graphs at the setting the training uses.
+GPU_SETTINGS = ["bf16", "bf16+ada", "bf16+compile", "bf16+compile+ada", "bf16+compile+ada+nofused",
+                "bf16+compile+ada+cudagraphs"]
 
 
 def main():
@@ -87,7 +113,7 @@ def main():
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     preset = a.preset or ("paper256" if cuda else "demo64")
-    names = a.settings or (["bf16", "bf16+ada", "bf16+compile", "bf16+compile+ada"] if cuda else ["fp32", "fp32+ada"])
+    names = a.settings or (GPU_SETTINGS if cuda else ["fp32", "fp32+ada"])
     kimg = a.kimg or (4.0 if cuda else 0.4)
     p = dict(PRESETS[preset])
     if a.batch:
@@ -99,7 +125,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tiles = make_tiles(tmp, 512, p["resolution"])
-        for name, st in zip(names, settings):
+        for name, (st, levers) in zip(names, settings):
+            set_levers(**levers)
             opts = schema_defaults()
             opts.update(p, kimg=kimg, tick_kimg=kimg / 8, snap_kimg=kimg, device="cuda" if cuda else "cpu",
                         grid_per_class=2, tensorboard=False, **st)
@@ -112,7 +139,7 @@ def main():
             ticks = [json.loads(x) for x in open(out / "stats.jsonl")][1:]
             ips = statistics.median(t["img_per_sec"] for t in ticks)
             mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-            results.append(dict(setting=name, **st, img_per_sec=ips, kimg_per_hour=ips * 3.6, wall_s=wall,
+            results.append(dict(setting=name, **st, **levers, img_per_sec=ips, kimg_per_hour=ips * 3.6, wall_s=wall,
                                 peak_gpu_mem_gib=mem))
     base = results[0]["img_per_sec"]
     print(f"{'setting':<18}{'img/s':>10}{'kimg/h':>10}{'ratio':>8}{'GPU GiB':>9}")
