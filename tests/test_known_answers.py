@@ -37,6 +37,16 @@ def test_concordance_is_near_one_for_a_copying_generator_and_near_chance_for_a_c
     blind = class_concordance(prob, blind_labels, classes, 0.5)
     assert copying["weak"] > 0.95 and min(copying["per_class"].values()) > 0.9
     assert abs(blind["weak"] - 0.5) < 0.15  # 48 tiles: chance within about two standard errors
+    assert copying["below_chance"] == []
+    # A generator that ignores its condition and makes only one class: the other is flagged.
+    one_class = prob[np.argsort(-prob[:, 0])[:24]]  # the 24 tiles most confidently of classes[0]
+    ignored = class_concordance(one_class, [classes[0]] * 12 + [classes[1]] * 12, classes, 0.5)
+    assert ignored["per_class"][classes[1]] < 0.1 and ignored["below_chance"] == [classes[1]]
+    # ... and the report says so, and only then.
+    from histosynth.report.build import concordance_warning
+
+    assert f"does not honour its condition for {classes[1]} (" in concordance_warning(ignored)
+    assert concordance_warning(copying) == ""
 
 
 def _simulated_study(rng, d, n_pat=30, n_tiles=5, sd_patient=0.5):

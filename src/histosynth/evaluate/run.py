@@ -117,8 +117,14 @@ def concordance(prob: np.ndarray, intended: np.ndarray, strong_threshold: float)
 
 def class_concordance(prob: np.ndarray, labels, classes: list, strong_threshold: float) -> dict:
     """:func:`concordance` of generated tiles whose intended classes are `labels` (names from
-    `classes`, the classifier's outputs), with the weak concordance of each class."""
+    `classes`, the classifier's outputs), with the weak concordance of each class and the
+    classes generated below chance (`below_chance`: the classifier assigns tiles generated for
+    them to them less often than a uniform guess, 1 / number of classes, would: the generator
+    does not honour that condition)."""
     intended = np.array([classes.index(v) for v in labels])
     out = concordance(prob, intended, strong_threshold)
-    out["per_class"] = {c: float((prob.argmax(1) == intended)[intended == i].mean()) for i, c in enumerate(classes)}
+    hit = prob.argmax(1) == intended
+    out["per_class"] = {c: float(hit[intended == i].mean()) for i, c in enumerate(classes) if (intended == i).any()}
+    out["chance"] = 1 / len(classes)
+    out["below_chance"] = [c for c, v in out["per_class"].items() if v < out["chance"]]
     return out

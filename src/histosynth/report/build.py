@@ -48,6 +48,19 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def concordance_warning(c: dict) -> str:
+    """A warning paragraph when the generator does not honour some of its conditions (weak
+    concordance of a class below chance), else ''."""
+    bad = c.get("below_chance") or []
+    if not bad:
+        return ""
+    per = ", ".join(f"{k} ({c['per_class'][k]:.1%} of the tiles generated for it are assigned to it)" for k in bad)
+    return (f"<p class=warn>The generator does not honour its condition for {html.escape(per)}: below chance "
+            f"({c['chance']:.0%}). "
+            "Its metrics then describe a generator of the other classes; look at the sample grid, and train longer "
+            "or with another seed (short runs can settle on ignoring the condition).</p>")
+
+
 def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_dir, metrics: dict, study: dict) -> dict:
     kept = tiles[tiles["kept"]]
     per_slide = kept.groupby("slide_id").size().reindex(sheet["slide_id"], fill_value=0)
@@ -117,7 +130,7 @@ def expression_html(summary: dict, run: str, eval_dir, expression_dir) -> str:
     c = summary["concordance"][run]
     parts.append("<h3>Generative metrics (tiles from training patients' profiles)</h3>" + _table(rows, list(rows[0]))
                  + f"<p>Concordance: the reference classifier assigns {c['weak']:.1%} of these tiles to the class of the "
-                   f"patient whose profile generated them ({c['strong']:.1%} strongly).</p>")
+                   f"patient whose profile generated them ({c['strong']:.1%} strongly).</p>" + concordance_warning(c))
     parts.append("<h3>Does the profile carry tissue information? (held-out test patients)</h3>"
                  "<p>For each test patient, tiles generated from its profile are compared with its own real tiles and, "
                  "at the same sample size, with each other test patient's real tiles; gap = FID(other) − FID(same), "
@@ -296,7 +309,7 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                      f"<i>{html.escape(c.get('target', 'label'))}</i>) assigns "
                      f"<b>{c['weak']:.1%}</b> of generated tiles to their intended class (weak concordance) and "
                      f"<b>{c['strong']:.1%}</b> with probability ≥ {c['strong_threshold']} (strong), over {c['n']} "
-                     f"tiles.</p>")
+                     f"tiles.</p>" + concordance_warning(c))
     parts.append("<h2>Augmentation study (held-out real test patients)</h2>" + _img(classify_dir / "study.png"))
     if not summary.get("study_gan_patients_known", True):
         parts.append("<p class=warn>The generator's training patients are unknown (imported network), so it may have "
