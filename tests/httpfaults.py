@@ -21,7 +21,8 @@ class FaultServer:
     names in `controlled` need ``X-Auth-Token: <token>`` (403 otherwise)."""
 
     def __init__(self, files: dict, faults: dict | None = None, content_md5=False, disposition=None, token=None,
-                 controlled=()):
+                 controlled=(), redirects=None):
+        self.redirects = dict(redirects or {})  # name -> URL answered with 302 Location
         self.files, self.faults = files, {k: list(v) for k, v in (faults or {}).items()}
         self.content_md5, self.disposition = content_md5, disposition
         self.token, self.controlled = token, set(controlled)
@@ -72,6 +73,8 @@ class FaultServer:
         return self.disposition
 
     def serve_file(self, h, name):
+        if name in self.redirects:
+            return self.reply(h, 302, headers={"Location": self.redirects[name]})
         data = self.files.get(name)
         if data is None:
             return self.reply(h, 404, b'{"message": "not found"}')

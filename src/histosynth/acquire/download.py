@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from histosynth.acquire.http import SourceError, get_following_redirects
 from histosynth.acquire.http import redact as _redact
 from histosynth.acquire.http import retry_after_seconds as _retry_after_seconds
 from histosynth.utils import UserError, md5_of
@@ -193,7 +194,10 @@ def _get_http(url, partial: Path, label, headers, session, timeout, progress):
     if have:
         req_headers["Range"] = f"bytes={have}-"
     try:
-        resp = sess.get(url, headers=req_headers, stream=True, timeout=timeout)
+        # redirects followed by hand: a token for the API is never sent to another host
+        resp, _ = get_following_redirects(sess, url, req_headers, stream=True, timeout=timeout)
+    except SourceError as exc:
+        raise DownloadError(f"slide {label}: {exc}") from None
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise _Retryable(f"connection failed: {type(exc).__name__}") from None
     with resp:

@@ -18,12 +18,11 @@ import logging
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
-from histosynth.acquire.http import SourceError, request
+from histosynth.acquire.http import SourceError, origin, request
 from histosynth.utils import UserError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -184,9 +183,7 @@ def read_token(o: dict) -> str | None:
 
 def auth_headers(source_url: str, o: dict) -> dict:
     """``X-Auth-Token`` for requests to the GDC API host only (a token never goes elsewhere)."""
-    api = urlparse(o["api_url"])
-    src = urlparse(source_url)
-    if (src.scheme, src.netloc) != (api.scheme, api.netloc):
+    if origin(source_url) != origin(o["api_url"]):
         return {}
     token = read_token(o)
     return {"X-Auth-Token": token} if token else {}

@@ -35,6 +35,49 @@ def redact(url: str) -> str:
     return re.sub(r"(token|key|signature|sig)=[^&]+", r"\1=***", url, flags=re.I)
 
 
+# Headers that carry a credential: sent only to the origin they were meant for.
+CREDENTIAL_HEADERS = ("x-auth-token", "authorization", "cookie", "proxy-authorization")
+MAX_REDIRECTS = 10
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the port made explicit (443 for https, 80 for http)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    scheme = u.scheme.lower()
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    return scheme, (u.hostname or "").lower(), port or {"https": 443, "http": 80}.get(scheme)
+
+
+def without_credentials(headers: dict) -> dict:
+    return {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+
+
+def get_following_redirects(session, url: str, headers: dict, *, timeout: float, **kwargs):
+    """``session.get`` that follows redirects itself: credential headers (``X-Auth-Token``...)
+    go only to the first URL's scheme, host and port, and are dropped for any hop elsewhere
+    (``requests`` keeps custom headers across hosts). Returns (response, final URL)."""
+    first = origin(url)
+    for _ in range(MAX_REDIRECTS + 1):
+        hop_headers = headers if origin(url) == first else without_credentials(headers)
+        resp = session.get(url, headers=hop_headers, timeout=timeout, allow_redirects=False, **kwargs)
+        location = resp.headers.get("Location")
+        if resp.status_code not in (301, 302, 303, 307, 308) or not location:
+            return resp, url
+        resp.close()
+        from urllib.parse import urljoin
+
+        nxt = urljoin(url, location)
+        if origin(nxt)[0] not in ("http", "https"):
+            raise SourceError(f"{redact(url)} redirected to {redact(nxt)}, which is not an http(s) URL")
+        url = nxt
+    raise SourceError(f"more than {MAX_REDIRECTS} redirects from {redact(url)}")
+
+
 def request(method: str, url: str, *, session=None, what: str = "request", max_attempts: int = 6,
             backoff: float = 1.0, max_backoff: float = 60.0, timeout: float = 60.0, sleep=time.sleep,
             ok=(200,), **kwargs):

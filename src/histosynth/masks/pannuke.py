@@ -12,6 +12,7 @@ partition of each fold is given in the config (``masks.pannuke.partitions``).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from histosynth.slides.store import TileStoreWriter, write_index
 from histosynth.utils import UserError
 
 log = logging.getLogger(__name__)
+FOLD_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 def pannuke_label_map(mask: np.ndarray) -> np.ndarray:
     """(H, W, 6) PanNuke mask -> (H, W) class indices into PANNUKE_LABELS."""
@@ -44,6 +46,39 @@ def _fold_files(folder: Path):
     return found
 
 
+def _read_types(path: Path, fold) -> np.ndarray:
+    """PanNuke's ``types.npy``: the tissue name of each image, as strings. Read without
+    unpickling: an object array (a pickle inside the .npy) is refused, since loading it could
+    run code from the file."""
+    try:
+        types = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise UserError(f"PanNuke fold {fold}: {path} holds Python objects (a pickle), not strings; histosynth "
+                            f"never unpickles a file it is given, since that can run code from it. Save the tissue "
+                            f"names as a string array (numpy.save(path, names.astype(str))) from a copy you trust, "
+                            f"or use the types.npy of the PanNuke download") from None
+        raise UserError(f"PanNuke fold {fold}: {path} is not a readable .npy file ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise UserError(f"PanNuke fold {fold}: {path} is not a readable .npy file ({exc})") from None
+    if types.ndim != 1 or types.dtype.kind not in "USO":
+        raise UserError(f"PanNuke fold {fold}: {path} should hold one tissue name per image (a 1-d string array); "
+                        f"it holds {types.dtype} of shape {types.shape}")
+    return types
+
+
+def _read_array(path: Path, fold, what: str) -> np.ndarray:
+    """images.npy / masks.npy memory-mapped, without unpickling; errors name the file."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"PanNuke fold {fold}: {path} is not a readable numeric .npy array of {what} ({exc})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "uifb":
+        raise UserError(f"PanNuke fold {fold}: {path} holds {getattr(arr, 'dtype', type(arr).__name__)}, not the "
+                        f"numeric {what} of a PanNuke fold")
+    return arr
+
+
 def import_pannuke(folds: dict, outdir, mpp: float = 0.25, batch: int = 256, progress=True) -> pd.DataFrame:
     """Write one tile store and one label-map store per fold and the combined mask index.
 
@@ -53,12 +88,17 @@ def import_pannuke(folds: dict, outdir, mpp: float = 0.25, batch: int = 256, pro
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     labels = LabelSet.from_config(PANNUKE_LABELS)
+    bad = [str(f) for f in folds if not FOLD_NAME.fullmatch(str(f))]
+    if bad:
+        raise UserError(f"masks.pannuke.folds: fold name(s) {bad} cannot be used: a fold's name becomes a file name and "
+                        f"its patient id, so it may hold only letters, digits, '_', '-' and '.' (not first); rename "
+                        f"the key (e.g. fold1)")
     frames = []
     for fold, spec in folds.items():
         files = _fold_files(Path(spec["path"]))
-        images = np.load(files["images"], mmap_mode="r")
-        masks = np.load(files["masks"], mmap_mode="r")
-        types = np.load(files["types"], allow_pickle=True)
+        images = _read_array(files["images"], fold, "images (N, H, W, 3)")
+        masks = _read_array(files["masks"], fold, "masks (N, H, W, 6)")
+        types = _read_types(files["types"], fold)
         if images.ndim != 4 or images.shape[-1] != 3 or masks.shape[:3] != images.shape[:3] or masks.shape[-1] != 6 \
                 or len(types) != len(images):
             raise UserError(f"PanNuke fold {fold}: shapes images {images.shape}, masks {masks.shape}, types "

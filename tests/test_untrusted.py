@@ -1,0 +1,129 @@
+"""Files and servers histosynth does not control: nothing from them runs, no token leaves its
+host, nothing hangs or grows without bound, and every bad input ends in one clear message."""
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from httpfaults import FaultServer
+
+from histosynth.utils import UserError
+
+DATA = os.urandom(200_000)
+MD5 = hashlib.md5(DATA).hexdigest()
+TOKEN = "SECRET-TOKEN-" + "t" * 40
+
+
+# -- PanNuke folds: never unpickled ----------------------------------------------------------------
+
+class _Payload:
+    """An object whose unpickling runs a shell command (what a hostile types.npy carries)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _pannuke_fold(d, types):
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    np.save(d / "images.npy", rng.uniform(0, 255, (2, 16, 16, 3)).astype(np.float32))
+    np.save(d / "masks.npy", np.zeros((2, 16, 16, 6), np.float32))
+    np.save(d / "types.npy", types, allow_pickle=True)
+    return d
+
+
+def test_pannuke_types_with_a_pickle_payload_do_not_run(tmp_path):
+    from histosynth.masks.pannuke import import_pannuke
+
+    marker = tmp_path / "PWNED"
+    types = np.empty(2, object)
+    types[0], types[1] = _Payload(marker), "Breast"
+    fold = _pannuke_fold(tmp_path / "f1", types)
+    with pytest.raises(UserError, match="never unpickles") as e:
+        import_pannuke({"fold1": {"path": str(fold), "partition": "train"}}, tmp_path / "out", progress=False)
+    assert "types.npy" in str(e.value) and "fold1" in str(e.value)
+    assert not marker.exists()
+
+
+def test_pannuke_string_types_import(tmp_path):
+    from histosynth.masks.pannuke import import_pannuke
+
+    fold = _pannuke_fold(tmp_path / "f1", np.array(["Breast", "Colon"]))
+    index = import_pannuke({"fold1": {"path": str(fold), "partition": "train"}}, tmp_path / "out", progress=False)
+    assert index["label"].tolist() == ["Breast", "Colon"]
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", ".hidden", ""])
+def test_pannuke_fold_names_that_are_paths_are_refused(tmp_path, name):
+    from histosynth.masks.pannuke import import_pannuke
+
+    fold = _pannuke_fold(tmp_path / "f1", np.array(["Breast", "Colon"]))
+    with pytest.raises(UserError, match="masks.pannuke.folds: fold name"):
+        import_pannuke({name: {"path": str(fold), "partition": "train"}}, tmp_path / "out", progress=False)
+    assert not list(tmp_path.glob("**/pannuke-*"))
+
+
+def test_pannuke_fold_names_are_bounded_by_the_schema():
+    from histosynth.config import validate
+
+    with pytest.raises(UserError, match="folds"):
+        validate({"masks": {"pannuke": {"folds": {"a/b": {"path": "x", "partition": "train"}}}}})
+
+
+# -- The GDC token stays with the API ---------------------------------------------------------------
+
+def test_token_is_not_sent_to_the_host_a_redirect_names(tmp_path):
+    from histosynth.acquire.download import fetch
+    from histosynth.acquire.gdc import auth_headers
+
+    with FaultServer({"s.svs": DATA}) as other, \
+            FaultServer({}, redirects={"f1": f"{other.url.replace('127.0.0.1', 'localhost')}/data/s.svs"}) as api:
+        o = {"api_url": api.url, "token_file": None, "token_env": "HS_TEST_TOKEN"}
+        os.environ["HS_TEST_TOKEN"] = TOKEN
+        try:
+            headers = auth_headers(f"{api.url}/data/f1", o)
+        finally:
+            del os.environ["HS_TEST_TOKEN"]
+        assert headers == {"X-Auth-Token": TOKEN}
+        fetch(f"{api.url}/data/f1", tmp_path / "s.svs", md5=MD5, headers=headers, progress=False,
+              sleep=lambda s: None)
+        api_seen, other_seen = [r[3] for r in api.requests], [r[3] for r in other.requests]
+    assert (tmp_path / "s.svs").read_bytes() == DATA
+    assert api_seen == [TOKEN]  # the API itself got it
+    assert other_seen == [None]  # the host it redirected to did not
+
+
+def test_token_follows_a_redirect_within_the_api_and_range_survives(tmp_path):
+    from histosynth.acquire.download import fetch
+
+    (tmp_path / "s.svs.partial").write_bytes(DATA[:1000])
+    with FaultServer({"s.svs": DATA}, redirects={"f1": "/data/s.svs"}, token=TOKEN, controlled=["s.svs"]) as api:
+        fetch(f"{api.url}/data/f1", tmp_path / "s.svs", md5=MD5, headers={"X-Auth-Token": TOKEN}, progress=False,
+              sleep=lambda s: None)
+        seen = api.requests
+    assert [r[3] for r in seen] == [TOKEN, TOKEN]
+    assert [r[2] for r in seen] == ["bytes=1000-", "bytes=1000-"]
+    assert (tmp_path / "s.svs").read_bytes() == DATA
+
+
+def test_redirect_loops_and_odd_schemes_end_in_a_message(tmp_path):
+    from histosynth.acquire.download import DownloadError, fetch
+
+    with FaultServer({}, redirects={"a": "/data/b", "b": "/data/a", "f": "file:///etc/passwd"}) as srv:
+        with pytest.raises(DownloadError, match="redirects"):
+            fetch(f"{srv.url}/data/a", tmp_path / "a.svs", progress=False, sleep=lambda s: None)
+        with pytest.raises(DownloadError, match="not an http"):
+            fetch(f"{srv.url}/data/f", tmp_path / "f.svs", progress=False, sleep=lambda s: None)
+    assert not list(tmp_path.iterdir())
+
+
+def test_origin_compares_scheme_host_and_port():
+    from histosynth.acquire.http import origin
+
+    assert origin("https://api.gdc.cancer.gov/data/x") == origin("https://API.gdc.cancer.gov:443/files")
+    assert origin("https://api.gdc.cancer.gov/") != origin("http://api.gdc.cancer.gov/")
+    assert origin("https://api.gdc.cancer.gov/") != origin("https://api.gdc.cancer.gov:8443/")
+    assert origin("https://api.gdc.cancer.gov/") != origin("https://api.gdc.cancer.gov.evil.org/")
