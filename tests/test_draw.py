@@ -191,24 +191,143 @@ def test_oversized_corrupt_and_bomb_maps_are_400_before_decoding(limited):
     assert code == 200 and sum(body["classes"].values()) == 32 * 32
 
 
-def test_busy_server_answers_503_and_a_stalled_client_is_dropped(limited):
+def _raw(url, request: bytes, timeout=10) -> str:
+    """Send raw bytes to the server; its reply's status line and body."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(request)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out.decode(errors="replace")
+
+
+def _small_map():
+    return "data:image/png;base64," + base64.b64encode(_png_bytes(np.full((8, 8, 3), 255, np.uint8))).decode()
+
+
+def test_a_stalled_or_trickling_client_holds_no_slot_and_is_dropped(limited):
     import socket
     import time
 
     host, port = limited["one"].removeprefix("http://").split(":")
     stalled = socket.create_connection((host, int(port)))
-    stalled.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    stalled.sendall(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                     b"Content-Length: 1000\r\n\r\n{\"map\": ")  # and never the rest
     time.sleep(0.3)
-    small = "data:image/png;base64," + base64.b64encode(_png_bytes(np.full((8, 8, 3), 255, np.uint8))).decode()
-    code, body, headers = _post(limited["one"], {"map": small})
-    assert code == 503 and headers["Retry-After"] == "1" and "busy" in body["error"]
+    code, body, _ = _post(limited["one"], {"map": _small_map()})  # its one slot is free meanwhile
+    assert code == 200, body
     stalled.settimeout(10)
     reply = stalled.recv(4096).decode()  # the server gives up on it after its 1 s timeout
     assert reply.startswith("HTTP/1.0 408") or reply.startswith("HTTP/1.1 408"), reply[:100]
     stalled.close()
-    code, body, _ = _post(limited["one"], {"map": small})  # the slot is free again
-    assert code == 200
+    # one byte every 0.4 s: each read is quick, but the whole body has one 1 s deadline
+    trickle = socket.create_connection((host, int(port)))
+    trickle.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n")
+    t0, reply = time.monotonic(), b""
+    trickle.settimeout(0.4)
+    for _ in range(40):
+        try:
+            trickle.sendall(b" ")
+        except OSError:
+            break
+        try:
+            reply += trickle.recv(4096)
+            if reply:
+                break
+        except TimeoutError:
+            continue
+    trickle.close()
+    assert b" 408 " in reply.split(b"\r\n")[0], reply[:100]
+    assert time.monotonic() - t0 < 3
+
+
+def test_busy_server_answers_503(limited, monkeypatch):
+    import time
+
+    from histosynth.draw import server as srv_mod
+
+    release, entered = threading.Event(), threading.Event()
+    real = srv_mod.Networks.generate
+
+    def slow(self, *a, **k):
+        entered.set()
+        release.wait(10)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(srv_mod.Networks, "generate", slow)
+    first = {}
+    t = threading.Thread(target=lambda: first.update(r=_post(limited["one"], {"map": _small_map()})))
+    t.start()
+    assert entered.wait(10)
+    code, body, headers = _post(limited["one"], {"map": _small_map()})
+    release.set()
+    t.join(10)
+    assert code == 503 and headers["Retry-After"] == "1" and "busy" in body["error"]
+    assert first["r"][0] == 200
+    time.sleep(0.05)
+    assert _post(limited["one"], {"map": _small_map()})[0] == 200  # the slot is free again
+
+
+def test_bad_lengths_deep_json_and_foreign_hosts_are_refused(limited):
+    import time
+
+    url = limited["one"]
+    t0 = time.monotonic()
+    reply = _raw(url, b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n"
+                      + b"x" * 100_000)
+    assert reply.split("\r\n")[0].split()[1] == "400" and "negative" in reply
+    assert time.monotonic() - t0 < 2  # answered at once, not after reading until the client closes
+    reply = _raw(url, b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999\r\n\r\n")
+    assert " 413 " in reply.split("\r\n")[0] and "too large" in reply
+    reply = _raw(url, b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: ten\r\n\r\n")
+    assert " 400 " in reply.split("\r\n")[0]
+    reply = _raw(url, b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert " 411 " in reply.split("\r\n")[0]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    reply = _raw(url, b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: "
+                 + str(len(deep)).encode() + b"\r\n\r\n" + deep)
+    assert " 400 " in reply.split("\r\n")[0] and "nested too deeply" in reply
+    # DNS rebinding: a page of another site reaches 127.0.0.1 under its own name
+    for headers in (b"Host: evil.example:8765\r\n", b"Host: localhost\r\nOrigin: http://evil.example\r\n", b""):
+        for req in (b"GET /api/networks HTTP/1.1\r\n" + headers + b"\r\n",
+                    b"POST /api/generate HTTP/1.1\r\n" + headers + b"Content-Length: 2\r\n\r\n{}"):
+            reply = _raw(url, req)
+            assert " 403 " in reply.split("\r\n")[0], (req, reply[:200])
+            assert "networks" not in reply.split("\r\n\r\n", 1)[1] or "error" in reply
+    for host in (b"localhost", b"127.0.0.1", b"[::1]:1"):
+        reply = _raw(url, b"GET /api/networks HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        assert " 200 " in reply.split("\r\n")[0], reply[:200]
+
+
+def test_allowed_host_names():
+    from histosynth.draw.server import _host_name, allowed_hosts
+
+    assert _host_name("LocalHost:8765") == "localhost" and _host_name("[::1]:80") == "::1"
+    assert _host_name("::1") == "::1" and _host_name(None) is None
+    assert allowed_hosts("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
+    assert "10.1.2.3" in allowed_hosts("10.1.2.3") and "0.0.0.0" not in allowed_hosts("0.0.0.0")
+    assert "gpu-node-7" in allowed_hosts("0.0.0.0", ["gpu-node-7"])
+
+
+def test_pages_insert_names_from_network_files_as_text_only():
+    """Label and condition names come from a network file someone sent: the pages must never
+    parse them as HTML (innerHTML / insertAdjacentHTML / outerHTML with anything but "")."""
+    import re
+    from importlib import resources
+
+    for page in ("page.html", "classes.html"):
+        src = (resources.files("histosynth.draw") / page).read_text()
+        for m in re.finditer(r"\.(innerHTML|outerHTML)\s*=\s*([^;]*);|insertAdjacentHTML|document\.write", src):
+            assert m.group(0).endswith('= "";'), f"{page}: {m.group(0)}"
 
 
 # --- the class page (class-conditional StyleGAN2 networks) ------------------------------------------

@@ -105,7 +105,9 @@ COMMANDS = {
               ("--open", {"action": "store_true", "help": "open the page in the default browser"}),
               ("--max-map-px", {**INT, "default": 4096, "help": "largest map side accepted (px)"}),
               ("--max-concurrent", {**INT, "help": "generations at once (default: 1 per GPU, else the CPU count)"}),
-              ("--timeout", {**FLOAT, "default": 30.0, "help": "seconds a client may take to send its request"})]),
+              ("--timeout", {**FLOAT, "default": 30.0, "help": "seconds a client may take to send its request"}),
+              ("--allow-host", {"action": "append", "help": "another name clients use for this server (its Host "
+                                                            "header); loopback names and --host are always allowed"})]),
     "train-reference": ("histosynth.commands.classify:train_reference", "train the reference classifier on real "
                         "training tiles", ["classify"], ["--tiles", "--out"]),
     "evaluate": ("histosynth.commands.evaluate:evaluate", "FID, KID, precision/recall, floor, concordance", ["evaluate"],

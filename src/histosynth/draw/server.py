@@ -22,8 +22,13 @@ Generation is deterministic for a given map, seed and network.
 
 Limits (a page on loopback is still a server): a map larger than ``max_map_px`` on either side
 is refused from its PNG header, before any pixel is decoded; every decoding error is a 400;
-at most ``max_concurrent`` generations run at once and further requests get 503 with
-Retry-After; a client that stops sending is dropped after ``timeout`` seconds.
+the whole body is read within one deadline of ``timeout`` seconds (a Content-Length that is
+missing, negative or over 32 MiB is refused first) before a generation slot is taken, so a
+client that trickles bytes holds no slot; at most ``max_concurrent`` generations run at once
+and further requests get 503 with Retry-After; JSON nested too deeply is a 400. Requests whose
+``Host`` (or ``Origin``) is not a name of this server (loopback names, the address bound,
+``--allow-host``) get 403, so a web page cannot reach the server through DNS rebinding; the
+pages insert label and condition names as text, never as HTML.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import io
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -164,8 +170,38 @@ def default_concurrency(device) -> int:
     return max(1, os.cpu_count() or 1)
 
 
+class _Refused(Exception):
+    def __init__(self, code: int, msg: str):
+        super().__init__(msg)
+        self.code = code
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def _host_name(value: str | None) -> str | None:
+    """The host part of a Host header (``name``, ``name:port``, ``[v6]:port``), lower case."""
+    if not value:
+        return None
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[1:end] if end > 0 else None
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def allowed_hosts(bind_host: str, extra=()) -> set:
+    """Names a request's Host may carry: the loopback names, the address bound (unless a
+    wildcard) and the names given with --allow-host."""
+    hosts = set(LOOPBACK_NAMES) | {h.strip().lower().strip("[]") for h in extra if h.strip()}
+    if bind_host not in ("", "0.0.0.0", "::"):
+        hosts.add(bind_host.lower().strip("[]"))
+    return hosts
+
+
 def make_handler(nets: Networks, max_map_px: int = MAX_MAP_PX, max_concurrent: int | None = None,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, hosts=None):
+    hosts = set(hosts) if hosts is not None else set(LOOPBACK_NAMES)
     page = (resources.files("histosynth.draw") / "page.html").read_text()
     classes_page = (resources.files("histosynth.draw") / "classes.html").read_text()
     has_mask = any(m["kind"] == "mask" for m in nets.meta)
@@ -192,7 +228,29 @@ def make_handler(nets: Networks, max_map_px: int = MAX_MAP_PX, max_concurrent: i
         def _json(self, code, obj):
             self._send(code, json.dumps(obj).encode(), "application/json")
 
+        def _allowed(self) -> str | None:
+            """None when Host (and Origin, if sent) name this server; else the refusal. A page on
+            another site that a DNS rebinding points at 127.0.0.1 sends its own name as Host."""
+            host = _host_name(self.headers.get("Host"))
+            if host is None or host not in hosts:
+                return (f"Host {self.headers.get('Host')!r} is not a name of this server; it answers "
+                        f"{sorted(hosts)} (start histosynth draw with --allow-host NAME to add one)")
+            origin = self.headers.get("Origin")
+            if origin and origin != "null":
+                from urllib.parse import urlsplit
+
+                try:
+                    o_host = (urlsplit(origin).hostname or "").lower()
+                except ValueError:
+                    o_host = ""
+                if o_host not in hosts:
+                    return f"requests from pages of {origin!r} are not accepted"
+            return None
+
         def do_GET(self):
+            refusal = self._allowed()
+            if refusal:
+                return self._json(403, {"error": refusal})
             if self.path in ("/", "/index.html"):
                 self._send(200, (page if has_mask else classes_page).encode(), "text/html; charset=utf-8")
             elif self.path in ("/classes", "/classes.html"):
@@ -202,9 +260,62 @@ def make_handler(nets: Networks, max_map_px: int = MAX_MAP_PX, max_concurrent: i
             else:
                 self._json(404, {"error": f"no such page: {self.path}"})
 
+        def _read_body(self) -> bytes:
+            """The whole request body, within one deadline of `timeout` seconds for all of it (a
+            client trickling bytes cannot hold the connection longer); ValueError for a missing,
+            negative or too large Content-Length."""
+            raw = self.headers.get("Content-Length")
+            if raw is None:
+                raise _Refused(411, "the request needs a Content-Length")
+            try:
+                n = int(raw.strip())
+            except ValueError:
+                raise _Refused(400, f"Content-Length {raw!r} is not a number") from None
+            if n < 0:
+                raise _Refused(400, f"Content-Length {n} is negative")
+            if n > MAX_BODY_BYTES:
+                raise _Refused(413, f"request too large ({n} bytes; at most {MAX_BODY_BYTES})")
+            deadline = time.monotonic() + timeout
+            chunks, got = [], 0
+            while got < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(n - got, 1 << 16))
+                if not chunk:
+                    raise _Refused(400, f"request body ended after {got} of {n} bytes")
+                chunks.append(chunk)
+                got += len(chunk)
+            self.connection.settimeout(timeout)
+            return b"".join(chunks)
+
         def do_POST(self):
+            refusal = self._allowed()
+            if refusal:
+                self.close_connection = True
+                return self._json(403, {"error": refusal})
             if self.path not in ("/api/generate", "/api/class"):
                 return self._json(404, {"error": f"no such endpoint: {self.path}"})
+            try:  # the body is read before a generation slot is taken: a slow client holds none
+                body = self._read_body()
+            except TimeoutError:
+                self.close_connection = True
+                return self._json(408, {"error": f"request body not received within {timeout:g} s"})
+            except _Refused as exc:
+                self.close_connection = True
+                return self._json(exc.code, {"error": str(exc)})
+            except OSError as exc:
+                self.close_connection = True
+                return self._json(400, {"error": f"request body could not be read ({exc})"})
+            try:
+                req = json.loads(body)
+            except RecursionError:
+                return self._json(400, {"error": "request JSON is nested too deeply"})
+            except (ValueError, UnicodeDecodeError) as exc:
+                return self._json(400, {"error": f"request is not JSON ({exc})"})
+            if not isinstance(req, dict):
+                return self._json(400, {"error": "request must be a JSON object"})
             if not slots.acquire(blocking=False):
                 self.send_response(503)
                 body = json.dumps({"error": "busy: the server is generating as many tiles as it allows at once; "
@@ -216,15 +327,6 @@ def make_handler(nets: Networks, max_map_px: int = MAX_MAP_PX, max_concurrent: i
                 self.wfile.write(body)
                 return None
             try:
-                n = int(self.headers.get("Content-Length", "0"))
-                if n > MAX_BODY_BYTES:
-                    raise ValueError(f"request too large ({n} bytes; at most {MAX_BODY_BYTES})")
-                body = self.rfile.read(n)
-                if len(body) < n:
-                    raise ValueError(f"request body ended after {len(body)} of {n} bytes")
-                req = json.loads(body)
-                if not isinstance(req, dict):
-                    raise ValueError("request must be a JSON object")
                 if self.path == "/api/class":
                     blend = req.get("blend_to")
                     tile, c = nets.generate_class(int(req.get("network", 0)), str(req.get("condition")),
@@ -233,9 +335,6 @@ def make_handler(nets: Networks, max_map_px: int = MAX_MAP_PX, max_concurrent: i
                     return self._json(200, {"tile": _png_data_url(tile), "c": c})
                 tile, m, labels = nets.generate(int(req.get("network", 0)), decode_png_data_url(req.get("map"), max_map_px),
                                                 int(req.get("seed", 0)))
-            except TimeoutError:
-                self.close_connection = True
-                return self._json(408, {"error": f"request body not received within {timeout:g} s"})
             except (ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
                 return self._json(400, {"error": str(exc)})
             finally:
@@ -248,9 +347,10 @@ def make_handler(nets: Networks, max_map_px: int = MAX_MAP_PX, max_concurrent: i
 
 
 def make_server(network_paths, host="127.0.0.1", port=8765, device="cpu", max_map_px: int = MAX_MAP_PX,
-                max_concurrent: int | None = None, timeout: float = 30.0) -> ThreadingHTTPServer:
+                max_concurrent: int | None = None, timeout: float = 30.0, allow_host=()) -> ThreadingHTTPServer:
     nets = Networks(network_paths, device)
-    srv = ThreadingHTTPServer((host, port), make_handler(nets, max_map_px, max_concurrent, timeout))
+    srv = ThreadingHTTPServer((host, port), make_handler(nets, max_map_px, max_concurrent, timeout,
+                                                         allowed_hosts(host, allow_host or ())))
     srv.daemon_threads = True
     return srv
 
@@ -259,8 +359,9 @@ def serve(network_paths, host="127.0.0.1", port=8765, device="cpu", open_browser
     srv = make_server(network_paths, host, port, device, **limits)
     url = f"http://{host}:{srv.server_address[1]}/"
     print(f"histosynth draw: open {url}  (Ctrl-C stops)", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: anyone who can reach this address can use the page", host)
+    if host not in LOOPBACK_NAMES:
+        log.warning("serving on %s: anyone who can reach this address can use the page; requests must name it as "
+                    "Host %s (add names with --allow-host)", host, sorted(allowed_hosts(host, limits.get("allow_host") or ())))
     if open_browser:
         import webbrowser
 
@@ -274,10 +375,10 @@ def serve(network_paths, host="127.0.0.1", port=8765, device="cpu", open_browser
 
 
 def draw_command(network, host="127.0.0.1", port=8765, open=False, max_map_px=MAX_MAP_PX, max_concurrent=None,
-                 timeout=30.0):
+                 timeout=30.0, allow_host=None):
     """``histosynth draw``: serve the drawing page (mask-run networks) and the class page (class and
     attributes runs) for these networks on the visible GPU, else the CPU."""
     from histosynth.torch_utils.distributed import default_device
 
     serve(network, host=host, port=port, device=default_device(), open_browser=open, max_map_px=max_map_px,
-          max_concurrent=max_concurrent, timeout=timeout)
+          max_concurrent=max_concurrent, timeout=timeout, allow_host=allow_host or ())
