@@ -127,3 +127,79 @@ def test_origin_compares_scheme_host_and_port():
     assert origin("https://api.gdc.cancer.gov/") != origin("http://api.gdc.cancer.gov/")
     assert origin("https://api.gdc.cancer.gov/") != origin("https://api.gdc.cancer.gov:8443/")
     assert origin("https://api.gdc.cancer.gov/") != origin("https://api.gdc.cancer.gov.evil.org/")
+
+
+# -- StyleGAN2 pickles: every size bounded before anything is built ---------------------------------
+
+def _crafted(tmp_path, name, edit):
+    """A stylegan2-ada snapshot of the reference network, edited by `edit(G)` before pickling."""
+    import copy
+
+    from test_stylegan2_import import reference_networks, write_snapshot
+
+    G, D = reference_networks()
+    G = copy.deepcopy(G)
+    edit(G)
+    path = tmp_path / name
+    write_snapshot(path, G, None)
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_a_pickle_naming_a_huge_block_is_refused_at_once(tmp_path):
+    from histosynth.gan.imports import import_stylegan2
+
+    def rename(G):
+        G.synthesis._modules["b1000000000000"] = G.synthesis._modules.pop("b8")
+
+    with pytest.raises(UserError, match="b1000000000000"):
+        import_stylegan2(_crafted(tmp_path, "block.pkl", rename))
+
+
+@pytest.mark.parametrize("attr,value,where", [("w_dim", 4096, "w_dim = 4096"), ("z_dim", 0, "z_dim = 0"),
+                                              ("img_resolution", 1 << 20, "img_resolution"),
+                                              ("img_resolution", 24, "power of two"),
+                                              ("c_dim", "two", "not an integer")])
+def test_pickle_sizes_out_of_bounds_are_refused_before_building(tmp_path, attr, value, where):
+    import tracemalloc
+
+    from histosynth.gan.imports import import_stylegan2
+
+    path = _crafted(tmp_path, "dims.pkl", lambda G: setattr(G, attr, value))
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=where):
+            import_stylegan2(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20  # nothing network-sized was allocated
+
+
+def test_pickle_channel_counts_are_bounded(tmp_path):
+    import torch
+
+    from histosynth.gan.imports import import_stylegan2
+
+    def widen(G):  # 2000 output channels (a small tensor: 1 x 1 kernels of one input channel)
+        conv = G.synthesis.b8.conv1
+        conv._parameters["weight"] = torch.nn.Parameter(torch.zeros(2000, 1, 1, 1), requires_grad=False)
+
+    with pytest.raises(UserError, match="channels; at most 1024"):
+        import_stylegan2(_crafted(tmp_path, "wide.pkl", widen))
+
+
+def test_a_persistent_object_built_without_init_gets_the_same_refusal(tmp_path):
+    """NEWOBJ of the persistent class (no __init__, no checks) and BUILD over a built record."""
+    from histosynth.gan.imports import import_stylegan2
+
+    glob = b"ctorch_utils.persistence\n_reconstruct_persistent_obj\n"
+    key = b"X\x05\x00\x00\x00G_ema"
+    newobj = b"\x80\x02}(" + key + glob + b")\x81u."
+    meta = b"}(X\x04\x00\x00\x00typeX\x05\x00\x00\x00classX\x05\x00\x00\x00state}u"
+    build = b"\x80\x02}(" + key + glob + b"(" + meta + b"tR}(X\x05\x00\x00\x00stateK\x05ubu."
+    for name, data in (("newobj.pkl", newobj), ("build.pkl", build)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError, match=name) as e:
+            import_stylegan2(tmp_path / name)
+        assert "not a readable stylegan2-ada network pickle" in str(e.value) or "rewrites" in str(e.value)

@@ -40,7 +40,14 @@ STYLEGAN3_CLASSES = {"SynthesisInput", "SynthesisLayer3"}
 
 
 class Persistent:
-    """What a pickled persistent object becomes: its class name and state, nothing executed."""
+    """What a pickled persistent object becomes: its class name and state, nothing executed.
+
+    The unpickler hands out :func:`_persistent` (a function), never this class: a pickle can
+    therefore neither build one without ``__init__``'s checks (NEWOBJ needs a class) nor
+    overwrite its fields afterwards (BUILD calls ``__setstate__``, which refuses)."""
+
+    def __setstate__(self, state):
+        raise UserError("not a stylegan2-ada network pickle: it rewrites a persistent object after building it")
 
     def __init__(self, meta):
         if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
@@ -81,6 +88,10 @@ class Persistent:
         return names
 
 
+def _persistent(meta) -> Persistent:
+    return Persistent(meta)
+
+
 def _storage_from_bytes(data: bytes):
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
@@ -117,7 +128,7 @@ _GLOBALS = {
 class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if name == "_reconstruct_persistent_obj" and module.split(".")[-2:] == ["torch_utils", "persistence"]:
-            return Persistent
+            return _persistent
         if name == "EasyDict" and module.split(".")[-2:] == ["dnnlib", "util"]:
             return dict
         if (module, name) in _GLOBALS:
@@ -148,6 +159,50 @@ def read_pickle(path) -> dict:
     return data
 
 
+# Sizes read from a file are bounded before anything is built from them: a crafted pickle naming
+# block b1000000000000 or w_dim 4096 must be refused, not spin or allocate gigabytes.
+MAX_RESOLUTION = 2048
+MAX_CHANNELS = 1024  # stylegan2-ada's largest: 512
+MAX_DIM = 1024  # z_dim, w_dim, cmap_dim (stylegan2-ada: 512)
+MAX_CLASSES = 4096
+MAX_MAPPING_LAYERS = 16  # stylegan2-ada: 2 (paper256) to 8
+
+
+def _int_attr(net: Persistent, name: str, lo: int, hi: int, what: str, path, default=None) -> int:
+    """An integer hyper-parameter of a record, checked to lie in [lo, hi]."""
+    v = net.attr(name, default)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise UserError(f"{path}: {what}.{name} is {type(v).__name__} {str(v)[:40]!r}, not an integer")
+    if not lo <= int(v) <= hi:
+        raise UserError(f"{path}: {what}.{name} = {int(v)} is outside [{lo}, {hi}]; not a network histosynth can build")
+    return int(v)
+
+
+def _block_resolutions(net: Persistent, what: str, path, top: int, skip=()) -> dict:
+    """{resolution: block} of a network's ``b<res>`` children: every res a power of two from 4 to `top`, each once."""
+    blocks = {}
+    for k, b in net.children().items():
+        if not isinstance(k, str) or not k.startswith("b") or k in skip:
+            continue
+        r = k[1:]
+        if not (r.isdigit() and len(r) <= 5 and int(r) >= 4 and int(r) & (int(r) - 1) == 0 and int(r) <= top):
+            raise UserError(f"{path}: {what} has a block named {k[:40]!r}; blocks are b4, b8, ... up to b{top}")
+        if not isinstance(b, Persistent):
+            raise UserError(f"{path}: {what}.{k} is not a network layer")
+        blocks[int(r)] = b
+    return blocks
+
+
+def _channels(layer: Persistent | None, name: str, path) -> int:
+    """Output channels of a layer's weight, bounded."""
+    w = (layer.state.get("_parameters") or {}).get("weight") if isinstance(layer, Persistent) else None
+    if not isinstance(w, torch.Tensor) or w.dim() < 1:
+        raise UserError(f"{path}: {name} has no weight tensor")
+    if not 1 <= w.shape[0] <= MAX_CHANNELS:
+        raise UserError(f"{path}: {name} has {w.shape[0]} channels; at most {MAX_CHANNELS} are accepted")
+    return int(w.shape[0])
+
+
 def _refuse_unknown(net: Persistent, what: str, path) -> None:
     names = net.class_names()
     if names & STYLEGAN3_CLASSES or "networks_stylegan3" in net.module_src or net.child("synthesis") and \
@@ -176,8 +231,17 @@ def _generator_options(G: Persistent, path) -> dict:
     syn, mapping = G.child("synthesis"), G.child("mapping")
     if syn is None or mapping is None:
         raise UserError(f"{path}: G_ema has no synthesis/mapping network")
-    res = int(G.attr("img_resolution"))
-    blocks = {int(k[1:]): b for k, b in syn.children().items() if k.startswith("b")}
+    res = _int_attr(G, "img_resolution", 8, MAX_RESOLUTION, "G_ema", path)
+    if res & (res - 1):
+        raise UserError(f"{path}: G_ema.img_resolution {res} is not a power of two")
+    z_dim = _int_attr(G, "z_dim", 1, MAX_DIM, "G_ema", path)
+    w_dim = _int_attr(G, "w_dim", 1, MAX_DIM, "G_ema", path)
+    n_mapping = _int_attr(mapping, "num_layers", 1, MAX_MAPPING_LAYERS, "G_ema.mapping", path)
+    blocks = _block_resolutions(syn, "G_ema.synthesis", path, res)
+    want = [2 ** i for i in range(2, res.bit_length())]
+    if sorted(blocks) != want:
+        raise UserError(f"{path}: G_ema.synthesis has blocks {[f'b{r}' for r in sorted(blocks)]}; a {res} px "
+                        f"generator has {[f'b{r}' for r in want]}")
     for r, b in blocks.items():
         arch = b.attr("architecture", "skip")
         if arch != "skip":
@@ -188,12 +252,13 @@ def _generator_options(G: Persistent, path) -> dict:
             raise UserError(f"{path}: generator block b{r} has no noise inputs (use_noise=False); not supported")
     if int(G.attr("img_channels", 3)) != 3:
         raise UserError(f"{path}: the generator makes {G.attr('img_channels')}-channel images; histosynth needs RGB")
-    per_res = {r: int(b.child("conv1").state["_parameters"]["weight"].shape[0]) for r, b in blocks.items()}
+    per_res = {r: _channels(b.child("conv1"), f"G_ema.synthesis.b{r}.conv1", path) for r, b in blocks.items()}
     base, cmax = _widths(per_res, "generator", path)
     clamp = blocks[4].child("conv1").attr("conv_clamp")
-    return {"resolution": res, "z_dim": int(G.attr("z_dim")), "w_dim": int(G.attr("w_dim")),
-            "mapping_layers": int(mapping.attr("num_layers")), "channel_base": base, "channel_max": cmax,
-            "conv_clamp": None if clamp is None else float(clamp)}
+    if clamp is not None and not (isinstance(clamp, (int, float, np.number)) and 0 < float(clamp) < 1e6):
+        raise UserError(f"{path}: conv_clamp {str(clamp)[:40]!r} is not a positive number")
+    return {"resolution": res, "z_dim": z_dim, "w_dim": w_dim, "mapping_layers": n_mapping, "channel_base": base,
+            "channel_max": cmax, "conv_clamp": None if clamp is None else float(clamp)}
 
 
 def _discriminator(D: Persistent, opts: dict, c_dim: int, path):
@@ -202,15 +267,19 @@ def _discriminator(D: Persistent, opts: dict, c_dim: int, path):
     from histosynth.gan.networks import Discriminator
 
     _refuse_unknown(D, "D", path)
-    blocks = {int(k[1:]): b for k, b in D.children().items() if k.startswith("b") and k != "b4"}
-    mbstd = D.child("b4").child("mbstd") if D.child("b4") is not None else None
-    mapping = D.child("mapping")
     try:
+        blocks = _block_resolutions(D, "D", path, opts["resolution"], skip=("b4",))
+        if isinstance(D.child("b4"), Persistent):
+            _int_attr(D.child("b4"), "cmap_dim", 0, MAX_DIM, "D.b4", path, default=0)
+        mbstd = D.child("b4").child("mbstd") if isinstance(D.child("b4"), Persistent) else None
+        if mbstd is not None:
+            _int_attr(mbstd, "group_size", 0, 256, "D.b4.mbstd", path, default=4)
+        mapping = D.child("mapping")
         if any(b.attr("architecture", "resnet") != "resnet" for b in blocks.values()) or mbstd is None or \
                 int(mbstd.attr("num_channels", 1)) != 1 or (mapping is not None and int(mapping.attr("num_layers")) != 8):
             raise ValueError("not the residual discriminator with one minibatch-std channel and an 8-layer mapping")
-        per_res = {r: int(b.child("conv0").state["_parameters"]["weight"].shape[0]) for r, b in blocks.items()}
-        per_res[4] = int(D.child("b4").child("conv").state["_parameters"]["weight"].shape[0])
+        per_res = {r: _channels(b.child("conv0"), f"D.b{r}.conv0", path) for r, b in blocks.items()}
+        per_res[4] = _channels(D.child("b4").child("conv"), "D.b4.conv", path)
         base, cmax = _widths(per_res, "discriminator", path)
         if (base, cmax) != (opts["channel_base"], opts["channel_max"]):  # one width setting serves both networks
             raise ValueError(f"its widths (base {base}, max {cmax}) differ from the generator's "
@@ -227,7 +296,19 @@ def _discriminator(D: Persistent, opts: dict, c_dim: int, path):
 def import_stylegan2(pkl, out=None, class_names=None, name="imported") -> dict:
     """Read a stylegan2-ada / slideflow StyleGAN2 pickle into a histosynth checkpoint (written to
     `out` when given). `class_names`: the names of a conditional network's label indices, in
-    order (default class0, class1, ...). Returns the checkpoint."""
+    order (default class0, class1, ...). Returns the checkpoint.
+
+    Whatever the file holds, the outcome is this checkpoint or a :class:`UserError` naming the
+    file: records of unexpected shapes (a list where a dict belongs, a string for a size...)
+    are reported as what they are, not as a traceback."""
+    try:
+        return _import(pkl, out, class_names, name)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, RecursionError, OverflowError) as exc:
+        raise UserError(f"{pkl}: not a stylegan2-ada network pickle histosynth can read: its records are not "
+                        f"stylegan2-ada's ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _import(pkl, out, class_names, name) -> dict:
     from histosynth.config import validate
     from histosynth.gan import checkpoint as ckpt
     from histosynth.gan.conditioning import ConditioningSpec
@@ -238,7 +319,7 @@ def import_stylegan2(pkl, out=None, class_names=None, name="imported") -> dict:
     if G.class_name != "Generator":
         raise UserError(f"{pkl}: G_ema is a {G.class_name}, not a Generator")
     _refuse_unknown(G, "G_ema", pkl)
-    c_dim = int(G.attr("c_dim", 0))
+    c_dim = _int_attr(G, "c_dim", 0, MAX_CLASSES, "G_ema", pkl, default=0)
     if c_dim and class_names is not None and len(class_names) != c_dim:
         raise UserError(f"{pkl}: the network has {c_dim} classes but {len(class_names)} class names were given "
                         f"({list(class_names)}); give one name per label index, in index order")
