@@ -203,3 +203,47 @@ def test_a_persistent_object_built_without_init_gets_the_same_refusal(tmp_path):
         with pytest.raises(UserError, match=name) as e:
             import_stylegan2(tmp_path / name)
         assert "not a readable stylegan2-ada network pickle" in str(e.value) or "rewrites" in str(e.value)
+
+
+# -- A resumed run is the run asked for -------------------------------------------------------------
+
+def test_a_checkpoint_of_other_settings_or_tiles_is_not_resumed(tmp_path):
+    import json
+
+    import torch
+    from test_gan import tiny_opts
+    from toydata import toy_index
+
+    from histosynth.gan.checkpoint import load
+    from histosynth.gan.training.loop import train
+    from histosynth.utils import md5_of
+
+    index, _, _ = toy_index(tmp_path, 16)
+    run = tmp_path / "run"
+    train(index, run, tiny_opts(kimg=0.2), progress=False)
+    before = md5_of(run / "checkpoint.pt"), md5_of(run / "network.pt")
+    with pytest.raises(UserError, match=r"gan\.lr_g 0\.003 -> 0\.01.*rm .*checkpoint\.pt"):
+        train(index, run, tiny_opts(kimg=0.4, lr_g=0.01), progress=False)
+    with pytest.raises(UserError, match=r"gan\.channel_max 32 -> 16; gan\.seed 0 -> 1"):
+        train(index, run, tiny_opts(kimg=0.4, seed=1, channel_max=16), progress=False)
+    with pytest.raises(UserError, match=r"the training tiles \(32 tiles then, 30 now"):
+        train(index.drop(index.index[:2]), run, tiny_opts(kimg=0.4), progress=False)
+    relabelled = index.assign(label=index["label"].map({"dark": "light", "light": "dark"}))
+    with pytest.raises(UserError, match="training tiles"):
+        train(relabelled, run, tiny_opts(kimg=0.4), progress=False)
+    with pytest.raises(UserError, match="is at 0.208 kimg, beyond gan.kimg 0.1"):
+        train(index, run, tiny_opts(kimg=0.1), progress=False)
+    assert (md5_of(run / "checkpoint.pt"), md5_of(run / "network.pt")) == before  # nothing was touched
+
+    # length, reporting and snapshot intervals may change: the run goes on from its checkpoint
+    train(index, run, tiny_opts(kimg=0.4, tick_kimg=0.05, snap_kimg=0.1), progress=False)
+    ck = load(run / "network.pt")
+    assert ck["cur_nimg"] == 400 and ck["run_identity"]["n_tiles"] == 32
+    assert json.loads((run / "training_options.json").read_text())["resumed_from_kimg"] == 0.208
+    train(index, run, tiny_opts(kimg=0.4), progress=False)  # a finished run asked again: nothing to do
+
+    # a checkpoint that does not say what it belongs to is not resumed blindly
+    del ck["run_identity"]
+    torch.save(ck, run / "checkpoint.pt")
+    with pytest.raises(UserError, match="does not record which options"):
+        train(index, run, tiny_opts(kimg=0.6), progress=False)

@@ -10,7 +10,9 @@ Outputs in the run directory:
   stats.jsonl             one line per tick: losses, regularisers, augmentation p and r_t, speed
   tensorboard/            the same statistics as TensorBoard scalars (gan.tensorboard, if installed)
   snapshots.jsonl         one line per snapshot: parameter checksum of every rank (must agree)
-  checkpoint.pt           the latest snapshot (resume point), written every ``snap_kimg``
+  checkpoint.pt           the latest snapshot (resume point), written every ``snap_kimg``, with
+                          the run's identity (options and training-tile digest): a resume
+                          with other options or tiles is refused (RESUMABLE_OPTIONS may change)
   samples/fakes<kimg>.png sample grids at each snapshot (reals.png once)
   network.pt              the final checkpoint (what generation uses; format: histosynth.gan.checkpoint)
 """
@@ -80,12 +82,75 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
     return train_run(RunSpec.of_masks(opts, mopts), index, outdir, progress)
 
 
-def _resume(path: Path, rank: int, sample_gen: torch.Generator, loss, **objects):
+# gan options that may change when a run resumes: how long it runs, how often it reports and
+# saves, and where and how fast it computes. Every other option, and the training tiles, decide
+# what the networks become; a checkpoint records them and a resume with others is refused.
+RESUMABLE_OPTIONS = ("kimg", "snap_kimg", "tick_kimg", "tensorboard", "grid_per_class", "preload_max_mb", "device",
+                     "compile", "precision", "name", "pretrained", "pretrained_classes")
+
+
+def tiles_digest(tiles: pd.DataFrame) -> str:
+    """SHA-256 of a tile table: every column's name, type and values, in row order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    t = tiles.reset_index(drop=True)
+    for col in sorted(t.columns, key=str):
+        v = t[col]
+        if v.dtype == object:
+            v = v.map(lambda x: np.asarray(x).tobytes() if isinstance(x, (list, np.ndarray)) else str(x))
+        h.update(f"{col}\0{t[col].dtype}\0".encode())
+        h.update(pd.util.hash_pandas_object(v, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_identity(kind) -> dict:
+    """What determines a run's networks: its options (less RESUMABLE_OPTIONS), a mask run's
+    masks section, and the digest of its training tiles."""
+    meta = kind.metadata()
+    ident = {"options": {k: v for k, v in meta["options"].items() if k not in RESUMABLE_OPTIONS},
+             "tiles_sha256": tiles_digest(kind.tiles), "n_tiles": len(kind.tiles)}
+    if "mask_options" in meta:
+        ident["mask_options"] = meta["mask_options"]
+    return json.loads(json.dumps(ident, default=str))  # as it reads back from a checkpoint
+
+
+def _identity_differences(saved: dict, now: dict) -> list[str]:
+    out = []
+    for section in ("options", "mask_options"):
+        a, b = saved.get(section) or {}, now.get(section) or {}
+        prefix = "gan" if section == "options" else "masks"
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k) != b.get(k):
+                out.append(f"{prefix}.{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}")
+    if saved.get("tiles_sha256") != now.get("tiles_sha256"):
+        out.append(f"the training tiles ({saved.get('n_tiles')} tiles then, {now.get('n_tiles')} now; digest "
+                   f"{str(saved.get('tiles_sha256'))[:12]} -> {str(now.get('tiles_sha256'))[:12]})")
+    return out
+
+
+def _check_resumable(path: Path, state: dict, identity: dict) -> None:
+    saved = state.get("run_identity")
+    if saved is None:
+        raise UserError(f"{path} does not record which options and tiles it was trained with (written by an earlier "
+                        f"histosynth), so resuming it could continue another run. Delete it to train this run from "
+                        f"the start (rm {path}).")
+    diff = _identity_differences(saved, identity)
+    if diff:
+        raise UserError(f"{path} belongs to a run with other settings; resuming it would continue that network under "
+                        f"this run's name. Differences: {'; '.join(diff)}. To train this run from the start, delete the "
+                        f"checkpoint (rm {path}; Snakemake's --forcerun alone keeps it), or restore the settings. "
+                        f"Only {', '.join(RESUMABLE_OPTIONS[:4])} and where it runs may change on resume.")
+
+
+def _resume(path: Path, rank: int, sample_gen: torch.Generator, loss, identity: dict, **objects):
     """Load the checkpoint at `path` into `objects` and `loss`, restore this rank's RNG and
-    batch-sampler states; (cur_nimg, step), (0, 0) when there is none."""
+    batch-sampler states; (cur_nimg, step), (0, 0) when there is none. A checkpoint of other
+    options or tiles (`identity`) is refused."""
     if not path.exists():
         return 0, 0
     state = ckpt.load(path)
+    _check_resumable(path, state, identity)
     for name, obj in objects.items():
         obj.load_state_dict(state[name])
     loss.load_state_dict(state["loss"])
@@ -118,8 +183,15 @@ def training_loop(kind, opts: dict, outdir, world: int, rank: int, device, progr
     loss = kind.loss(G, D, G_fwd, D_fwd, tdist.autocast(opts["precision"], device), tdist.mean_over_ranks(device, world))
     phases = [(name, G if name == "G" else D, opt_G if name == "G" else opt_D, interval)
               for name, interval in loss.phases()]
-    cur_nimg, step = _resume(outdir / "checkpoint.pt", rank, sample_gen, loss, G=G, D=D, G_ema=G_ema,
+    identity = run_identity(kind)
+    cur_nimg, step = _resume(outdir / "checkpoint.pt", rank, sample_gen, loss, identity, G=G, D=D, G_ema=G_ema,
                              opt_G=opt_G, opt_D=opt_D)
+    if cur_nimg - opts["batch"] >= int(opts["kimg"] * 1000):  # a run of this kimg would have stopped earlier
+        raise UserError(f"{outdir / 'checkpoint.pt'} is at {cur_nimg / 1000:g} kimg, beyond gan.kimg {opts['kimg']:g}: "
+                        f"its network was trained longer than asked and no earlier snapshot is kept. Raise kimg to "
+                        f"at least {cur_nimg / 1000:g}, or delete the checkpoint to train {opts['kimg']:g} kimg from "
+                        f"the start.")
+    resolved["resumed_from_kimg"] = cur_nimg / 1000 if cur_nimg else None
     if rank == 0:
         write_json(outdir / "training_options.json", resolved)
         kind.write_reals(samples)
@@ -160,7 +232,8 @@ def training_loop(kind, opts: dict, outdir, world: int, rank: int, device, progr
                 kind.write_samples(G_ema, samples / f"fakes{cur_nimg // 1000:06d}.png")
                 state = ckpt.training_state(kind.kind, G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
                                             opt_G=opt_G.state_dict(), opt_D=opt_D.state_dict(), loss=loss.state_dict(),
-                                            cur_nimg=cur_nimg, step=step, rng=rngs, sample_gen=gens, **kind.metadata())
+                                            cur_nimg=cur_nimg, step=step, rng=rngs, sample_gen=gens,
+                                            run_identity=identity, **kind.metadata())
                 ckpt.save(outdir / "checkpoint.pt", state)
                 with open(outdir / "snapshots.jsonl", "a") as f:
                     f.write(json.dumps({"snapshot_kimg": cur_nimg / 1000, "param_checksum": checksum,
