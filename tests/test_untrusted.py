@@ -247,3 +247,80 @@ def test_a_checkpoint_of_other_settings_or_tiles_is_not_resumed(tmp_path):
     torch.save(ck, run / "checkpoint.pt")
     with pytest.raises(UserError, match="does not record which options"):
         train(index, run, tiny_opts(kimg=0.6), progress=False)
+
+
+# -- Names that would share a file ------------------------------------------------------------------
+
+@pytest.mark.parametrize("names,clash", [(["LUAD 1", "LUAD_1"], "'LUAD 1' and 'LUAD_1'"),
+                                         (["luad", "LUAD"], "'luad' and 'LUAD'"), (["A", "A"], "'A' and 'A'"),
+                                         (["//", "x"], "no letter or digit")])
+def test_generated_sets_whose_names_share_a_file_are_refused(tmp_path, names, clash):
+    from histosynth.generate.sample import generate_sets
+
+    sets = [{"name": n, "c": [[1.0]], "seeds": [0, 1]} for n in names]
+    with pytest.raises(UserError, match=clash):
+        generate_sets(None, sets, tmp_path / "gen", tmp_path / "network.pt")
+    assert not list((tmp_path / "gen").iterdir())  # refused before anything was written
+
+
+def test_vector_csv_with_clashing_names_is_refused(tmp_path):
+    import pandas as pd
+
+    from histosynth.gan.conditioning import ConditioningSpec
+    from histosynth.generate.sample import check_set_names, vector_sets
+
+    csv = tmp_path / "v.csv"
+    pd.DataFrame({"name": ["LUAD 1", "LUAD_1"], "a": [0.1, 0.9]}).to_csv(csv, index=False)
+    sets = vector_sets(ConditioningSpec("vector", ["a"]), csv, 2, 0)
+    with pytest.raises(UserError, match="same file"):
+        check_set_names([s["name"] for s in sets])
+
+
+def test_gdc_ids_and_duplicate_suffixes_are_file_safe(tmp_path):
+    from histosynth.acquire.gdc import hits_to_sheet
+    from histosynth.acquire.manifest import write_sample_sheet
+    from histosynth.config import validate
+
+    o = validate({"acquire": {"gdc": {"api_url": "http://127.0.0.1:1", "max_slides_per_class": None}}})["acquire"]["gdc"]
+
+    def hit(fid, name):
+        return {"file_id": fid, "file_name": name, "md5sum": "0" * 32, "file_size": 1,
+                "cases": [{"submitter_id": "TCGA-05-0001", "project": {"project_id": "TCGA-LUAD"}}]}
+
+    hits = [hit("../../../../etc/x", "TCGA-05-0001-01Z-00-DX1.a.svs"), hit("abcdefgh-1", "TCGA-05-0001-01Z-00-DX1.b.svs")]
+    df = hits_to_sheet(hits, o)
+    sheet = write_sample_sheet(df, tmp_path / "slides", tmp_path / "slides.tsv")
+    for sid, path, src in zip(sheet["slide_id"], sheet["path"], sheet["source"]):
+        assert "/" not in sid and ".." not in sid
+        assert (tmp_path / "slides").resolve() in (tmp_path / path).resolve().parents
+        assert "/data/" in src and "/etc/" not in src  # the file id is one path segment
+    assert len(set(sheet["slide_id"])) == 2
+
+
+def test_gtex_sample_ids_that_are_paths_are_refused_at_the_sample_sheet(tmp_path):
+    import pandas as pd
+
+    from histosynth.acquire import gtex
+    from histosynth.acquire.manifest import write_sample_sheet
+    from histosynth.config import validate
+
+    o = validate({"acquire": {"gtex": {"tissues": ["Lung"], "max_slides_per_class": None}}})["acquire"]["gtex"]
+    ann = pd.DataFrame({"SAMPID": ["GTEX-1117F-0126-SM-1", "GTEX-..-..%2F..%2Fetc-SM-2", "GTEX-A/../..-B-SM-3"],
+                        "SMTSD": ["Lung"] * 3})
+    df = gtex.candidates(ann, o)
+    with pytest.raises(UserError, match="slide id.*cannot be used") as e:
+        write_sample_sheet(df, tmp_path / "slides", tmp_path / "slides.tsv")
+    assert "GTEX-A/../.." in str(e.value)
+    assert not (tmp_path / "slides.tsv").exists()
+    ok = df[df["slide_id"] == "GTEX-1117F-0126"]
+    assert write_sample_sheet(ok, tmp_path / "slides", tmp_path / "slides.tsv")["slide_id"].tolist() == ["GTEX-1117F-0126"]
+
+
+def test_a_sample_sheet_with_clashing_or_unsafe_ids_is_refused_when_read(tmp_path):
+    from histosynth.acquire.manifest import read_sample_sheet
+
+    for ids, msg in ((["S1", "s1"], "clash"), (["../x", "S2"], "cannot be used"), (["S1 ", "S2"], "cannot be used")):
+        p = tmp_path / "sheet.tsv"
+        p.write_text("slide_id\tpatient_id\tlabel\tpath\n" + "".join(f"{i}\tP\tL\tx\n" for i in ids))
+        with pytest.raises(UserError, match=msg):
+            read_sample_sheet(p)

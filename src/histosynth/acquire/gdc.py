@@ -18,6 +18,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -123,7 +124,7 @@ def hits_to_sheet(hits: list[dict], o: dict) -> pd.DataFrame:
             skipped.append(f"{name}: {len(patients)} patients and labels {labels} in {o['label_field']} (need exactly one each)")
             continue
         row = {"slide_id": _slide_id(name), "patient_id": str(patients[0]), "label": str(labels[0]),
-               "source": f"{api}/data/{fid}", "md5": (h.get("md5sum") or "").lower(),
+               "source": f"{api}/data/{quote(str(fid), safe='')}", "md5": (h.get("md5sum") or "").lower(),
                "size": str(h["file_size"]) if h.get("file_size") is not None else "",
                "file_id": fid, "file_name": name, "state": h.get("state", "released")}
         for f in o.get("extra_fields") or []:
@@ -138,7 +139,9 @@ def hits_to_sheet(hits: list[dict], o: dict) -> pd.DataFrame:
                         f"{len(hits)} hits, {len(skipped)} skipped. Check acquire.gdc.* in the config.")
     df = pd.DataFrame(rows)
     dup = df["slide_id"].duplicated(keep=False)
-    df.loc[dup, "slide_id"] = df.loc[dup, "slide_id"] + "_" + df.loc[dup, "file_id"].str[:8]
+    # the same barcode twice (re-scans): told apart by the file id, made file-safe like the barcode
+    df.loc[dup, "slide_id"] = df.loc[dup, "slide_id"] + "_" + df.loc[dup, "file_id"].map(
+        lambda f: re.sub(r"[^A-Za-z0-9-]", "_", str(f))[:8])
     return cap_per_class(df, o["max_slides_per_class"], o["seed"], key="file_id")
 
 

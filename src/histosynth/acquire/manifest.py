@@ -14,7 +14,7 @@ import pandas as pd
 from histosynth.utils import UserError, atomic_path
 
 REQUIRED = ("slide_id", "patient_id", "label")
-SLIDE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+SLIDE_ID = re.compile(r"[A-Za-z0-9_-]+")
 SHEET_COLUMNS = ["slide_id", "patient_id", "label", "source", "md5", "size", "path"]
 
 
@@ -43,7 +43,7 @@ def read_manifest(path) -> pd.DataFrame:
         raise UserError(f"manifest {path}: needs a 'path' or a 'url' column")
     if df.empty:
         raise UserError(f"manifest {path} lists no slides")
-    bad = [s for s in df["slide_id"] if not SLIDE_ID.match(s)]
+    bad = [s for s in df["slide_id"] if not SLIDE_ID.fullmatch(s)]
     if bad:
         raise UserError(f"manifest {path}: slide_id {bad[:5]} cannot be used: slide ids name files and Snakemake "
                         f"targets, so they may hold only ASCII letters, digits, '_' and '-' (no '/', '..', spaces or "
@@ -92,7 +92,26 @@ def local_slide_path(slide_dir, slide_id: str, source: str, file_name: str | Non
     return str(Path(slide_dir) / f"{slide_id}{suffix}")
 
 
+def check_slide_ids(ids, where: str) -> None:
+    """Slide ids name files and Snakemake wildcards: each must match SLIDE_ID (no path
+    separators, dots or spaces) and be unique, also ignoring case (a case-insensitive file
+    system would store two in one file)."""
+    ids = [str(s) for s in ids]
+    bad = [s for s in ids if not SLIDE_ID.fullmatch(s)]
+    if bad:
+        raise UserError(f"{where}: slide id(s) {[b[:80] for b in bad[:5]]} cannot be used: slide ids name files, so "
+                        f"they may hold only letters, digits, '_' and '-'. The source gave ids that would name paths "
+                        f"outside the slide folder or clash; check the source, or list the slides in a manifest.")
+    seen = {}
+    for s in ids:
+        if s.lower() in seen:
+            raise UserError(f"{where}: slide ids {seen[s.lower()]!r} and {s!r} clash (the same file name, or the same "
+                            f"ignoring case); every slide needs its own id")
+        seen[s.lower()] = s
+
+
 def write_sample_sheet(df: pd.DataFrame, slide_dir, out) -> pd.DataFrame:
+    check_slide_ids(df["slide_id"], f"sample sheet {out}")
     df = df.copy()
     names = df["file_name"] if "file_name" in df.columns else [None] * len(df)
     df["path"] = [local_slide_path(slide_dir, s, src, n) for s, src, n in zip(df["slide_id"], df["source"], names)]
@@ -111,6 +130,7 @@ def read_sample_sheet(path) -> pd.DataFrame:
     missing = [c for c in ("slide_id", "patient_id", "label", "path") if c not in df.columns]
     if missing:
         raise UserError(f"sample sheet {path}: missing column(s) {missing}")
+    check_slide_ids(df["slide_id"], f"sample sheet {path}")
     return df
 
 

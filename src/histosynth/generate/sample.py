@@ -48,6 +48,24 @@ def _safe(name: str) -> str:
 
 
 @torch.no_grad()
+def check_set_names(names) -> None:
+    """Every set gets its own files, named by its name made safe: refuse names that are empty or
+    that map to one file (``LUAD 1`` and ``LUAD_1``; ``luad`` and ``LUAD`` on a case-insensitive
+    file system), which would otherwise share tiles and labels."""
+    seen = {}
+    for name in names:
+        name = str(name)
+        safe = _safe(name)
+        if not safe.strip("_"):
+            raise UserError(f"generated set name {name!r} has no letter or digit to name its files by; give it a name")
+        if safe.lower() in seen:
+            other = seen[safe.lower()]
+            raise UserError(f"generated sets {other!r} and {name!r} would be written to the same file "
+                            f"({safe}.tiff): rename one (names are made file-safe by replacing characters other "
+                            f"than letters, digits, '-' and '_' with '_', and compared ignoring case)")
+        seen[safe.lower()] = name
+
+
 def field_of_view(tile_meta: dict, fov_um=None, out_px=None):
     """(post-processing of uint8 tiles, tile metadata) for cropping generated tiles to `fov_um`
     microns (centred) and resizing to `out_px` with Lanczos, as the tiler resamples real tiles."""
@@ -85,6 +103,7 @@ def generate_sets(G, sets: list[dict], outdir, network, *, truncation=1.0, batch
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     tile_meta = tile_meta or {}
+    check_set_names([st["name"] for st in sets])
     frames = []
     for st in sets:
         name, seeds, meta = st["name"], np.asarray(st["seeds"]), st.get("meta", {})
