@@ -108,7 +108,17 @@ def test_zero_tile_slide_is_reported_not_silent(tmp_path):
     blank = np.full((1024, 1024, 3), 245, np.uint8)
     p = tmp_path / "blank.svs"
     write_slide(blank, p, "svs", 0.5)
-    o = opts_tiles(tile_px=64, tile_um=128)
+    with pytest.raises(UserError, match=r"slide BLANK: no tile kept .*tiles.empty_slides: report") as e:
+        tile_slide(p, "BLANK", tmp_path / "b.tiff", tmp_path / "b.parquet", tmp_path / "b.png",
+                   opts_tiles(tile_px=64, tile_um=128), progress=False)
+    assert "b.empty.png" in str(e.value) and (tmp_path / "b.empty.png").exists()
+    assert not any((tmp_path / n).exists() for n in ("b.tiff", "b.parquet", "b.png"))
+    # a filter that rejects every tile says which one
+    with pytest.raises(UserError, match=r"rejected: \{'grayspace': \d+\}"):
+        tile_slide(p, "BLANK", tmp_path / "b.tiff", tmp_path / "b.parquet", tmp_path / "b.png",
+                   opts_tiles(tile_px=64, tile_um=128, tissue="saturation", tissue_min_saturation=0,
+                              min_tissue_fraction=0), progress=False)
+    o = opts_tiles(tile_px=64, tile_um=128, empty_slides="report")
     df = tile_slide(p, "BLANK", tmp_path / "b.tiff", tmp_path / "b.parquet", tmp_path / "b.png", o, progress=False)
     assert df["kept"].sum() == 0
     assert len(TileStore(tmp_path / "b.tiff")) == 0

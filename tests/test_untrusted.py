@@ -324,3 +324,66 @@ def test_a_sample_sheet_with_clashing_or_unsafe_ids_is_refused_when_read(tmp_pat
         p.write_text("slide_id\tpatient_id\tlabel\tpath\n" + "".join(f"{i}\tP\tL\tx\n" for i in ids))
         with pytest.raises(UserError, match=msg):
             read_sample_sheet(p)
+
+
+# -- GeoJSON from QuPath (or anyone): one message naming the file and feature -----------------------
+
+def _labels():
+    from histosynth.masks.labels import LabelSet
+
+    return LabelSet.from_config([{"name": "background", "color": "#000000"}, {"name": "tumor", "color": "#ff0000"}])
+
+
+def _feature(coords, gtype="Polygon", **props):
+    return {"type": "Feature", "id": "obj-7", "geometry": {"type": gtype, "coordinates": coords},
+            "properties": {"classification": {"name": "tumor"}, **props}}
+
+
+@pytest.mark.parametrize("doc,msg", [
+    ('{"type": "FeatureCollection", "features": [FEATURE]}'.replace(
+        "FEATURE", '{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [NaN, 1], [1, 1]]]}, '
+                   '"properties": {"classification": {"name": "tumor"}}}'), "NaN is not a number GeoJSON allows"),
+    ('[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1e999, 1], [1, 1]]]}, '
+     '"properties": {"classification": {"name": "tumor"}}}]', "not finite"),
+    ([_feature(None)], r"feature 0 \(obj-7\): polygon coordinates must be a list"),
+    ([_feature([[[0, 0], ["10", 1], [1, 1]]])], r"feature 0 \(obj-7\): coordinates must be numbers \(found '10'\)"),
+    ([_feature([[[0, 0], [1], [1, 1]]])], "a ring must be a list of"),
+    ([_feature([[0, 0]], "MultiPolygon")], "polygon coordinates must be a list of rings|a ring must be"),
+    ([_feature(5, "MultiPolygon")], "MultiPolygon coordinates must be a list"),
+    ([{"type": "Feature", "geometry": "x", "properties": {"classification": {"name": "tumor"}}}], "'geometry' must be"),
+    ([{"type": "Feature", "properties": {"classification": {"name": ["tumor"]}}}], "is not a class name"),
+    ([3], "feature 0: a Feature must be a JSON object"),
+    ({"type": "FeatureCollection", "features": {"a": 1}}, "'features' is a dict"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("{not json", "is not GeoJSON"),
+])
+def test_bad_geojson_is_one_message_naming_file_and_feature(tmp_path, doc, msg):
+    import json
+
+    from histosynth.masks.geojson import read_annotations
+
+    p = tmp_path / "S1.geojson"
+    p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    with pytest.raises(UserError, match=msg) as e:
+        read_annotations(p, _labels())
+    assert str(p) in str(e.value)
+
+
+def test_good_geojson_with_hole_and_multipolygon_reads():
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from histosynth.masks.geojson import rasterise, read_annotations
+
+    ring = [[0, 0], [8, 0], [8, 8], [0, 8], [0, 0]]
+    hole = [[2, 2], [6, 2], [6, 6], [2, 6], [2, 2]]
+    doc = {"type": "FeatureCollection", "features": [_feature([ring, hole]),
+                                                    _feature([[[[10, 10], [12, 10], [12, 12], [10, 10]]]], "MultiPolygon")]}
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "S1.geojson"
+        p.write_text(json.dumps(doc))
+        shapes = read_annotations(p, _labels())
+    assert len(shapes) == 2 and shapes[0].area == 64 - 16
+    m = rasterise(shapes, 0, 0, 1.0, 8)
+    assert m[0, 0] == 1 and m[4, 4] == 0 and m.sum() == 64 - 16

@@ -37,6 +37,42 @@ def _ring_area(r):
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a number GeoJSON allows")
+
+
+def _feature_name(p: Path, k: int, f) -> str:
+    """'annotation file F, feature k (id / name)': how messages name a feature."""
+    tag = ""
+    if isinstance(f, dict):
+        props = f.get("properties") if isinstance(f.get("properties"), dict) else {}
+        ident = f.get("id") or props.get("name") or props.get("objectId")
+        if isinstance(ident, (str, int)):
+            tag = f" ({str(ident)[:60]})"
+    return f"annotation file {p}, feature {k}{tag}"
+
+
+def _rings(poly, where: str) -> list:
+    """A polygon's rings as (n, 2) float arrays of finite level-0 coordinates; rings of fewer
+    than 3 points are dropped. Anything else is a UserError naming the feature."""
+    if not isinstance(poly, list):
+        raise UserError(f"{where}: polygon coordinates must be a list of rings, not {type(poly).__name__}")
+    rings = []
+    for r in poly:
+        if not isinstance(r, list) or not all(isinstance(pt, list) and len(pt) >= 2 for pt in r):
+            raise UserError(f"{where}: a ring must be a list of [x, y] points")
+        odd = [v for pt in r for v in pt[:2] if not isinstance(v, (int, float)) or isinstance(v, bool)]
+        if odd:
+            raise UserError(f"{where}: coordinates must be numbers (found {str(odd[0])[:40]!r})")
+        if len(r) < 3:
+            continue
+        arr = np.asarray([pt[:2] for pt in r], np.float64)
+        if not np.isfinite(arr).all():
+            raise UserError(f"{where}: coordinates are not finite numbers (NaN or infinite)")
+        rings.append(arr)
+    return rings
+
+
 def read_annotations(path, labels: LabelSet, class_map: dict | None = None) -> list:
     """Shapes of a QuPath GeoJSON file, classes resolved to indices of `labels`.
 
@@ -45,10 +81,12 @@ def read_annotations(path, labels: LabelSet, class_map: dict | None = None) -> l
     skipped, and named once in a warning."""
     p = Path(path)
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(p.read_text(), parse_constant=_refuse_constant)
     except FileNotFoundError:
         raise UserError(f"annotation file {p} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise UserError(f"annotation file {p}: its JSON is nested too deeply to be a QuPath export") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"annotation file {p} is not GeoJSON ({exc}); export it from QuPath with "
                         f"File > Export objects as GeoJSON") from None
     if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
@@ -59,27 +97,40 @@ def read_annotations(path, labels: LabelSet, class_map: dict | None = None) -> l
         feats = doc
     else:
         raise UserError(f"annotation file {p}: expected a GeoJSON FeatureCollection or a list of Features")
+    if not isinstance(feats, list):
+        raise UserError(f"annotation file {p}: 'features' is a {type(feats).__name__}, not a list of Features")
     class_map = class_map or {}
     index = {n: i for i, n in enumerate(labels.names)}
     shapes, skipped = [], {}
-    for f in feats:
+    for k, f in enumerate(feats):
+        where = _feature_name(p, k, f)
+        if not isinstance(f, dict):
+            raise UserError(f"{where}: a Feature must be a JSON object, not {type(f).__name__}")
         props = f.get("properties") or {}
-        cls = (props.get("classification") or {}).get("name") if isinstance(props.get("classification"), dict) \
-            else props.get("classification")
+        if not isinstance(props, dict):
+            raise UserError(f"{where}: 'properties' must be an object")
+        cls = props.get("classification")
+        cls = cls.get("name") if isinstance(cls, dict) else cls
+        if cls is not None and not isinstance(cls, str):
+            raise UserError(f"{where}: classification {cls!r} is not a class name")
         name = class_map.get(cls, cls)
         geom = f.get("geometry") or {}
+        if not isinstance(geom, dict):
+            raise UserError(f"{where}: 'geometry' must be an object")
         if name not in index:
             skipped[str(cls)] = skipped.get(str(cls), 0) + 1
             continue
         if geom.get("type") == "Polygon":
-            polys = [geom["coordinates"]]
+            polys = [geom.get("coordinates")]
         elif geom.get("type") == "MultiPolygon":
-            polys = geom["coordinates"]
+            polys = geom.get("coordinates")
+            if not isinstance(polys, list):
+                raise UserError(f"{where}: MultiPolygon coordinates must be a list of polygons")
         else:
             skipped[f"{cls} ({geom.get('type')})"] = skipped.get(f"{cls} ({geom.get('type')})", 0) + 1
             continue
         for poly in polys:
-            rings = [np.asarray(r, np.float64)[:, :2] for r in poly if len(r) >= 3]
+            rings = _rings(poly, where)
             if not rings:
                 continue
             ext = rings[0]

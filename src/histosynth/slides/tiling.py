@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -176,6 +177,16 @@ def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict,
             "stain_norm", "kept", "reject_reason"]
     df = pd.DataFrame(rows, columns=cols)
     df["store"] = str(out_store)
+    if n_kept == 0 and opts.get("empty_slides", "fail") == "fail":
+        Path(out_store).unlink(missing_ok=True)
+        qc_png = Path(out_thumb).with_name(f"{Path(out_thumb).stem}.empty.png")
+        _write_thumbnail(thumb, mask, df, mds, choice.stride0, qc_png)
+        reasons = df["reject_reason"].value_counts().to_dict()
+        raise UserError(f"slide {slide_id}: no tile kept ({len(candidates)} tissue positions"
+                        + (f"; rejected: {reasons}" if reasons else "; the tissue mask found no tissue") + "). "
+                        f"See its QC thumbnail {qc_png}. Loosen the tiles.* filters that rejected them, drop the slide "
+                        f"from the sample sheet, or set tiles.empty_slides: report to carry on without it (it is then "
+                        f"listed in the report).")
     write_index(df, out_index)
     _write_thumbnail(thumb, mask, df, mds, choice.stride0, out_thumb)
     if n_kept == 0:
