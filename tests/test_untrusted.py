@@ -387,3 +387,48 @@ def test_good_geojson_with_hole_and_multipolygon_reads():
     assert len(shapes) == 2 and shapes[0].area == 64 - 16
     m = rasterise(shapes, 0, 0, 1.0, 8)
     assert m[0, 0] == 1 and m[4, 4] == 0 and m.sum() == 64 - 16
+
+
+# -- Durability: fsync before the rename, the folder after it ---------------------------------------
+
+def test_atomic_path_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import os
+
+    from histosynth.utils import atomic_path
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync", target))
+        return real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", str(b)))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "sub" / "result.json"
+    with atomic_path(out) as tmp:
+        tmp.write_text("{}")
+    kinds = [(k, os.path.basename(t)) for k, t in events]
+    i = kinds.index(("replace", "result.json"))
+    assert any(k == "fsync" and n.startswith(".result.json.") for k, n in kinds[:i])  # the data, before its name
+    assert ("fsync", "sub") in kinds[i + 1:]  # the name, after the rename
+    assert out.read_text() == "{}"
+
+
+def test_download_fsyncs_before_renaming_into_place(tmp_path, monkeypatch):
+    import os
+
+    from histosynth.acquire.download import fetch
+
+    events = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    src = tmp_path / "src.svs"
+    src.write_bytes(DATA)
+    fetch(str(src), tmp_path / "slides" / "s.svs", md5=MD5, progress=False)
+    assert [os.path.basename(e) for e in events] == ["s.svs.partial", "slides"]

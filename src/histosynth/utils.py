@@ -17,17 +17,53 @@ def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     A killed or failing job therefore never leaves a file that looks finished; the temporary
-    file a killed process left for the same path is removed when the path is next written."""
+    file a killed process left for the same path is removed when the path is next written.
+    The file's data is flushed to disk (``fsync``) before the rename and the folder's entry
+    after it, so a power cut leaves either the old file or the complete new one, not a
+    renamed file whose blocks never reached the disk (ext4 ``data=writeback``, XFS)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync_dir(path) -> None:
+    """Make the names in a folder durable (its own fsync; not its files')."""
+    _fsync(Path(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def fsync_path(path) -> None:
+    """Flush a file, or a folder written as one output (its files, then itself), to stable
+    storage. Filesystems that cannot fsync a folder are left be."""
+    path = Path(path)
+    if path.is_dir():
+        for child in path.iterdir():
+            if child.is_file() and not child.is_symlink():
+                _fsync(child, os.O_RDONLY)
+        fsync_dir(path)
+    elif path.exists():
+        _fsync(path, os.O_RDONLY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # e.g. a folder on a filesystem without directory fsync
+        pass
+    finally:
+        os.close(fd)
 
 
 def _remove_stale_tmp(path: Path) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 from histosynth.acquire.http import SourceError, get_following_redirects
 from histosynth.acquire.http import redact as _redact
 from histosynth.acquire.http import retry_after_seconds as _retry_after_seconds
-from histosynth.utils import UserError, md5_of
+from histosynth.utils import UserError, fsync_dir, fsync_path, md5_of
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -144,7 +144,9 @@ def fetch(source: str, dest, *, md5: str | None = None, size: int | None = None,
             problems.append(f"md5 {actual}, server's Content-MD5 says {server_md5}")
         format_problem = check(partial) if not problems and check is not None else None
         if not problems and not format_problem:
+            fsync_path(partial)  # durable before it gets its final name, and the name after
             os.replace(partial, dest)
+            fsync_dir(dest.parent)
             log.info("%s: verified %s (%d bytes, md5 %s)", label, dest, got, actual)
             return FetchResult(dest, actual, got, attempts, resumed)
         partial.unlink()

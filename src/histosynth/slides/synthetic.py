@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from histosynth.utils import fsync_dir, fsync_path
+
 # Ruifrok & Johnston stain vectors (rows: hematoxylin, eosin), unit length.
 H_VEC = np.array([0.650, 0.704, 0.286], np.float32)
 E_VEC = np.array([0.072, 0.990, 0.105], np.float32)
@@ -180,7 +182,9 @@ def write_slide(rgb: np.ndarray, path: Path, fmt: str, mpp: float, app_mag: int 
     elif fmt != "tiff":
         raise ValueError(f"unknown slide format {fmt!r}: use 'svs' or 'tiff'")
     img.tiffsave(str(tmp), **kw)
+    fsync_path(tmp)
     os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
 
 
 def demo_cohort(n_patients_per_class: int = 4, size_px: int = 4096, mpp: float = 0.5, seed: int = 0):
