@@ -18,17 +18,27 @@ SLIDE_ID = re.compile(r"[A-Za-z0-9_-]+")
 SHEET_COLUMNS = ["slide_id", "patient_id", "label", "source", "md5", "size", "path"]
 
 
+def _read_tsv(path: Path, what: str) -> pd.DataFrame:
+    """A tab-separated table of strings; a UserError naming the file for anything unreadable."""
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{what} {path} is empty; write a header line ({', '.join(REQUIRED)}, path) and one "
+                        f"line per slide, tab-separated") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{what} {path} cannot be read as a tab-separated table ({str(exc)[:200]}); save it as "
+                        f"UTF-8 TSV") from None
+    dup = sorted({c.split(".")[0] for c in df.columns if re.fullmatch(r".+\.\d+", str(c)) and c.split(".")[0] in df.columns})
+    if dup:
+        raise UserError(f"{what} {path}: column(s) {dup} appear more than once in the header")
+    return df
+
+
 def read_manifest(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest {path} does not exist (config key acquire.manifest)")
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"manifest {path} is empty; write a header line ({', '.join(REQUIRED)}, path) and one "
-                        f"line per slide, tab-separated") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserError(f"manifest {path} cannot be read as a tab-separated table ({exc}); save it as UTF-8 TSV") from None
+    df = _read_tsv(path, "manifest")
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing and len(df.columns) == 1 and any(sep in df.columns[0] for sep in ",;"):
@@ -126,7 +136,7 @@ def read_sample_sheet(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sample sheet {path} does not exist; run the acquire_query rule first")
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    df = _read_tsv(path, "sample sheet")
     missing = [c for c in ("slide_id", "patient_id", "label", "path") if c not in df.columns]
     if missing:
         raise UserError(f"sample sheet {path}: missing column(s) {missing}")

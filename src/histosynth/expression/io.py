@@ -116,17 +116,34 @@ def read_csv_matrix(path, samples=None) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def read_matrix(path, fmt="auto", samples=None, star_column="tpm_unstranded"):
-    """Dispatch on `fmt` (gct | star | csv) or, for auto, on the file name."""
+    """Dispatch on `fmt` (gct | star | csv) or, for auto, on the file name. Whatever the file
+    holds, the outcome is (values, genes) with finite values, or a UserError naming the file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"expression matrix {path} does not exist (config key expression.matrix)")
     if fmt == "auto":
         name = path.name.lower()
         fmt = "gct" if ".gct" in name else "csv" if name.endswith((".csv", ".csv.gz")) else "star"
-    if fmt == "gct":
-        return read_gct(path, samples)
-    if fmt == "star":
-        return read_star_manifest(path, star_column, samples)
-    if fmt == "csv":
-        return read_csv_matrix(path, samples)
-    raise UserError(f"expression.format {fmt!r}: use auto, gct, star or csv")
+    readers = {"gct": lambda: read_gct(path, samples), "star": lambda: read_star_manifest(path, star_column, samples),
+               "csv": lambda: read_csv_matrix(path, samples)}
+    if fmt not in readers:
+        raise UserError(f"expression.format {fmt!r}: use auto, gct, star or csv")
+    try:
+        values, genes = readers[fmt]()
+    except UserError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OSError, EOFError, UnicodeDecodeError, MemoryError,
+            pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"expression matrix {path} cannot be read as {fmt.upper()} ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); check the file and expression.format") from None
+    if values.empty:
+        raise UserError(f"expression matrix {path}: no values for the cohort's samples")
+    if values.columns.duplicated().any():
+        dup = values.columns[values.columns.duplicated()].tolist()[:5]
+        raise UserError(f"expression matrix {path}: gene ids {dup} appear more than once")
+    arr = values.to_numpy(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        r, c = np.argwhere(~np.isfinite(arr))[0]
+        raise UserError(f"expression matrix {path}: sample {values.index[r]!r}, gene {values.columns[c]!r} is "
+                        f"{arr[r, c]} (missing or not a finite number); fill or drop it")
+    return values, genes
