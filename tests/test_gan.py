@@ -164,8 +164,9 @@ def test_compiled_training_path_matches_eager_without_graph_breaks(tmp_path, mon
     from histosynth.gan.training import loop
 
     index, _, _ = toy_index(tmp_path, 32)
-    o = tiny_opts(kimg=0.096, snap_kimg=0.096, batch=8, augment="ada", ada_p=None, ada_target=-2.0, ada_kimg=0.1,
+    o = tiny_opts(kimg=0.096, snap_kimg=0.096, batch=8, augment="ada", ada_p=None, ada_kimg=0.1,
                   style_mixing=0.9, pl_weight=2.0, pl_interval=2, r1_interval=2, contrastive_weight=0.5, compile=True)
+    o["ada_target"] = -2.0  # below any r_t (the schema's range is [0, 1]): p rises at every adjustment
     eager = load(train(index, tmp_path / "eager", o, progress=False))
     monkeypatch.setattr(loop, "COMPILE_DEVICES", ("cpu",))
     monkeypatch.setattr(loop, "COMPILE_OPTIONS", {"backend": "aot_eager", "fullgraph": True})
