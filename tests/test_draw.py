@@ -335,6 +335,10 @@ def test_pages_insert_names_from_network_files_as_text_only():
 @pytest.fixture(scope="module")
 def class_network(tmp_path_factory):
     """A small class-conditional network file (random weights: the page's job is to drive it)."""
+    return write_class_network(tmp_path_factory.mktemp("classes") / "stylegan2-class" / "network.pt")
+
+
+def write_class_network(path):
     import torch
 
     from histosynth.config import validate
@@ -349,7 +353,6 @@ def class_network(tmp_path_factory):
     G = build_generator(o, spec.dim)
     with torch.no_grad():
         G.mapping.w_avg.normal_()
-    path = tmp_path_factory.mktemp("classes") / "stylegan2-class" / "network.pt"
     ckpt.save(path, ckpt.training_state("class", G=G.state_dict(), G_ema=G.state_dict(), options=o,
                                         conditioning=spec.to_dict(), cur_nimg=2000,
                                         training_set={"n_tiles": 0, "patients": []}))

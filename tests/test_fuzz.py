@@ -206,23 +206,11 @@ def test_stylegan2_pickles_import_or_give_a_user_error(tmp_path_factory, edits, 
 
 @pytest.fixture(scope="module")
 def class_server(tmp_path_factory):
-    import torch
+    from test_draw import write_class_network
 
-    from histosynth.config import validate
     from histosynth.draw.server import make_server
-    from histosynth.gan import checkpoint as ckpt
-    from histosynth.gan.conditioning import ConditioningSpec
-    from histosynth.gan.networks import build_generator
 
-    o = validate({"gan": dict(resolution=16, z_dim=8, w_dim=16, mapping_layers=2, channel_base=256,
-                              channel_max=16)})["gan"]
-    spec = ConditioningSpec("class", ["label"], {"label": ["normal", "tumor"]})
-    torch.manual_seed(0)
-    G = build_generator(o, spec.dim)
-    path = tmp_path_factory.mktemp("fuzzsrv") / "stylegan2-class" / "network.pt"
-    ckpt.save(path, ckpt.training_state("class", G=G.state_dict(), G_ema=G.state_dict(), options=o,
-                                        conditioning=spec.to_dict(), cur_nimg=0,
-                                        training_set={"n_tiles": 0, "patients": []}))
+    path = write_class_network(tmp_path_factory.mktemp("fuzzsrv") / "stylegan2-class" / "network.pt")
     srv = make_server([path], port=0, max_concurrent=4, timeout=5)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}"

@@ -18,8 +18,10 @@ SLIDE_ID = re.compile(r"[A-Za-z0-9_-]+")
 SHEET_COLUMNS = ["slide_id", "patient_id", "label", "source", "md5", "size", "path"]
 
 
-def _read_tsv(path: Path, what: str) -> pd.DataFrame:
+def _read_tsv(path: Path, what: str, missing_hint: str) -> pd.DataFrame:
     """A tab-separated table of strings; a UserError naming the file for anything unreadable."""
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist ({missing_hint})")
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
@@ -36,9 +38,7 @@ def _read_tsv(path: Path, what: str) -> pd.DataFrame:
 
 def read_manifest(path) -> pd.DataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"manifest {path} does not exist (config key acquire.manifest)")
-    df = _read_tsv(path, "manifest")
+    df = _read_tsv(path, "manifest", "config key acquire.manifest")
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing and len(df.columns) == 1 and any(sep in df.columns[0] for sep in ",;"):
@@ -134,9 +134,7 @@ def write_sample_sheet(df: pd.DataFrame, slide_dir, out) -> pd.DataFrame:
 
 def read_sample_sheet(path) -> pd.DataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sample sheet {path} does not exist; run the acquire_query rule first")
-    df = _read_tsv(path, "sample sheet")
+    df = _read_tsv(path, "sample sheet", "run the acquire_query rule first")
     missing = [c for c in ("slide_id", "patient_id", "label", "path") if c not in df.columns]
     if missing:
         raise UserError(f"sample sheet {path}: missing column(s) {missing}")
