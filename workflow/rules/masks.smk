@@ -1,5 +1,5 @@
 # Layout-conditioned run (masks.enabled): label maps -> SPADE / pix2pix -> generation from
-# training and held-out maps -> layout fidelity (mIoU) and FID. See README "Layout-conditioned synthesis".
+# training and held-out maps -> layout fidelity (mIoU) and FID. See docs/layout.md.
 
 
 if MASKS["source"] == "pannuke":
