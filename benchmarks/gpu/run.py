@@ -79,19 +79,48 @@ def environment(device: str) -> dict:
     return env
 
 
+def rule_times(log_text: str) -> dict:
+    """rule -> {jobs, seconds}: each job's time from its start to its finish as Snakemake's log
+    stamps them (one-second resolution)."""
+    import re
+    from datetime import datetime
+
+    stamp, started, out = None, {}, {}
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line)
+        if m:
+            stamp = datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y")
+            continue
+        m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):$", line)
+        if m and stamp is not None:
+            for nxt in lines[i + 1:i + 15]:
+                j = re.match(r"\s+jobid: (\d+)", nxt)
+                if j:
+                    started[j.group(1)] = stamp
+                    break
+            continue
+        m = re.search(r"Finished jobid: (\d+) \(Rule: (\w+)\)", line)
+        if m and m.group(1) in started and stamp is not None:
+            r = out.setdefault(m.group(2), {"jobs": 0, "seconds": 0.0})
+            r["jobs"] += 1
+            r["seconds"] += (stamp - started.pop(m.group(1))).total_seconds()
+    return out
+
+
 def demo_figures(work: Path) -> dict:
-    """What the demo run shows: per-rule times, and each GAN run's device, speed and quality."""
-    out = {"rules": {}, "runs": {}}
+    """What the demo run shows: per-rule times (from Snakemake's logs in the folder), peak memory
+    where a rule declares a benchmark file, and each GAN run's device, speed and quality."""
+    logs = sorted((work / ".snakemake/log").glob("*.snakemake.log"))
+    out = {"rules": rule_times("\n".join(p.read_text(errors="replace") for p in logs)), "runs": {}}
     for tsv in sorted((work / "results/benchmarks").rglob("*.tsv")):
         rule = tsv.relative_to(work / "results/benchmarks").parts[0].removesuffix(".tsv")
         with open(tsv) as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
-        if rows:
-            r = out["rules"].setdefault(rule, {"jobs": 0, "seconds": 0.0, "max_rss_mb": 0.0})
-            r["jobs"] += 1
-            r["seconds"] += float(rows[0]["s"])
+        if rows and rule in out["rules"]:
+            r = out["rules"][rule]
             try:
-                r["max_rss_mb"] = max(r["max_rss_mb"], float(rows[0].get("max_rss") or 0))
+                r["max_rss_mb"] = max(r.get("max_rss_mb", 0.0), float(rows[0].get("max_rss") or 0))
             except ValueError:
                 pass
     summary = work / "results/report/summary.json"
@@ -154,7 +183,7 @@ def markdown(res: dict) -> str:
         lines += ["", f"## {d['title']} ({d['wall_s']:.0f} s wall, peak RSS {d['peak_rss_gib']} GiB)", "",
                   "| rule | jobs | seconds (sum) | max RSS (MB) |", "| --- | --- | --- | --- |"]
         for rule, r in sorted(d["rules"].items(), key=lambda kv: -kv[1]["seconds"]):
-            lines.append(f"| {rule} | {r['jobs']} | {r['seconds']:.1f} | {r['max_rss_mb']:.0f} |")
+            lines.append(f"| {rule} | {r['jobs']} | {r['seconds']:.0f} | {_fmt(r.get('max_rss_mb'), '.0f')} |")
         lines += ["", "| GAN run | device | compiled | bf16 | kimg | img/s | domain-FID | real-vs-real floor | "
                       "concordance |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for run, r in d["runs"].items():
@@ -177,6 +206,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny settings everywhere (the CPU test)")
     ap.add_argument("--budget-s", type=float, default=540, help="seconds for all steps together (default 540)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["selfcheck", "train", "demo"])
+    ap.add_argument("--dry-run-demo", action="store_true", help="only list the demo's jobs (snakemake -n)")
     ap.add_argument("--install-seconds", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     out = Path(a.out or (Path(os.environ["OUT"]) / "gpu-results.md" if os.environ.get("OUT")
@@ -221,7 +251,7 @@ def main(argv=None) -> int:
         (work / "gpu.yaml").write_text(yaml.safe_dump(overrides))
         cmd = [py, "-m", "snakemake", "--snakefile", ROOT / "workflow/Snakefile", "--directory", work,
                "--configfile", ROOT / "config/config.yaml", work / "gpu.yaml", "--cores", "all",
-               "--scheduler", "greedy", "--rerun-incomplete"]
+               "--scheduler", "greedy", "--rerun-incomplete"] + (["-n"] if a.dry_run_demo else [])
         title = "Demo with gan.gpus: 1" if a.device == "cuda" else "Demo on the CPU (gan.gpus: 0)"
         step = run_step(title, cmd, aux / "demo.log", left())
         res["steps"].append(step)
