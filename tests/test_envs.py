@@ -148,3 +148,37 @@ def test_source_checkout_runs_without_installation(tmp_path):
     assert "acquire.source" in out.stdout or "`source`" in out.stdout
     common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
     assert 'python -m histosynth.cli"' in common and "PYTHONPATH=" in common
+
+
+def test_constraints_pin_every_dependency_to_one_version():
+    """constraints.txt (what the Quick start and CI install with) pins every package that
+    histosynth and its test extras need, directly or not, each once."""
+    import re
+    from importlib.metadata import PackageNotFoundError, requires
+    from pathlib import Path
+
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    lines = [x.strip() for x in (Path(__file__).resolve().parents[1] / "constraints.txt").read_text().splitlines()
+             if x.strip() and not x.startswith("#")]
+    pins = [norm(x.split("==")[0]) for x in lines]
+    assert all("==" in x for x in lines) and len(pins) == len(set(pins))
+    needed, todo = set(), ["histosynth[test]"]
+    while todo:
+        name = todo.pop()
+        base, _, extra = name.partition("[")
+        try:
+            reqs = requires(base) or []
+        except PackageNotFoundError:
+            continue
+        for r in reqs:
+            marker = r.partition(";")[2]
+            if "extra ==" in marker and f'extra == "{extra.rstrip("]")}"' not in marker:
+                continue
+            if "sys_platform" in marker or "platform_system" in marker or "python_version" in marker:
+                continue
+            dep = norm(re.match(r"[A-Za-z0-9_.\-]+", r).group(0))
+            if dep not in needed:
+                needed.add(dep)
+                todo.append(dep)
+    missing = sorted(needed - set(pins) - {"histosynth"})
+    assert not missing, f"not pinned in constraints.txt: {missing}"

@@ -247,3 +247,26 @@ def test_classifier_trains_under_the_gpus_bf16_autocast(tmp_path, monkeypatch):
     assert all(v.dtype == init[k].dtype and torch.isfinite(v.float()).all() for k, v in trained.items())
     assert any(not torch.equal(v, init[k]) for k, v in trained.items() if v.is_floating_point())
     assert np.isfinite(prob).all() and np.allclose(prob.sum(1), 1, atol=1e-5)
+
+
+def test_fidelity_verdict_says_in_words_whether_a_run_looks_real():
+    from histosynth.report.build import fidelity_verdict
+
+    def metrics(fid, floor, per_class):
+        return {"domain": {"fid": fid, "fid_real_vs_real": floor, "per_class_fid": per_class,
+                           "below_min_samples": False}}
+
+    good = fidelity_verdict(metrics(25.0, 20.0, {"normal": 30.0, "tumor": 38.0}), {"weak": 0.95})
+    assert good["verdict"] == "close to real" and good["fid_ratio"] == pytest.approx(1.25)
+    assert good["worst_class"] == "tumor" and good["worst_class_ratio"] == pytest.approx(1.9)
+    # the demo's observed failure: overall FID 4x its floor, one class 5.6x
+    bad = fidelity_verdict(metrics(87.7, 22.3, {"normal": 20.8, "tumor": 111.7}), {"weak": 0.99})
+    assert bad["verdict"] == "not converged" and "3.9x the real-vs-real floor" in bad["text"]
+    assert "class tumor's FID is 5.0x" in bad["text"] and "train longer" in bad["text"]
+    ignored = fidelity_verdict(metrics(20.0, 20.0, {"normal": 20.0, "tumor": 20.0}), {"weak": 0.528})
+    assert ignored["verdict"] == "not converged" and "52.8%" in ignored["text"]
+    # exactly at the thresholds is still close to real
+    edge = fidelity_verdict(metrics(30.0, 20.0, {"a": 40.0}), {"weak": 0.9})
+    assert edge["verdict"] == "close to real"
+    assert fidelity_verdict(metrics(1.0, 0.0, {}), {"weak": 1.0})["verdict"] == "not comparable"
+    assert fidelity_verdict({}, {})["verdict"] == "not evaluated"

@@ -16,6 +16,8 @@ def workdir(e2e_workdir):
 
 
 def test_summary_has_every_design_key_with_measured_values(workdir):
+    from html import escape
+
     s = json.loads((workdir / "results/report/summary.json").read_text())
     assert s["slides"]["n"] == 8 and s["slides"]["tiles"] > 50
     assert isinstance(s["slides"]["zero_tile_slides"], list)
@@ -34,6 +36,11 @@ def test_summary_has_every_design_key_with_measured_values(workdir):
     assert s["classifier"]["real"]["n_train_synthetic"] == 0 and s["classifier"]["synthetic"]["n_train_real"] == 0
     html = (workdir / "results/report/summary.html").read_text()
     assert "data:image/png;base64" in html and "real-vs-real" in html and "BELOW min_samples" in html
+    # each StyleGAN2 run's verdict in words, from its FID against the floor and its concordance
+    assert set(s["verdict"]) == {"stylegan2-class", "stylegan2-expression"}
+    for v in s["verdict"].values():
+        assert v["verdict"] in ("close to real", "not converged", "not comparable")
+        assert escape(v["text"]) in html
     # blending as Dolezal et al.: video, layer groups (32 px: coarse and middle), P(second class) along each
     b = s["blend"]["stylegan2-class"]
     assert set(b["groups"]) == {"all", "coarse", "middle"} and b["class"] in ("normal", "tumor")

@@ -61,6 +61,57 @@ def concordance_warning(c: dict) -> str:
             "or with another seed (short runs can settle on ignoring the condition).</p>")
 
 
+# What "looks like its real tiles and honours its condition" means in the verdict: FID within
+# 1.5x the real-vs-real floor, every class's FID within 2x it, weak concordance at least 0.9.
+VERDICT_FID_RATIO, VERDICT_CLASS_FID_RATIO, VERDICT_CONCORDANCE = 1.5, 2.0, 0.9
+
+
+def fidelity_verdict(metrics: dict, concordance: dict) -> dict:
+    """A run's verdict in words from its FID against the real-vs-real floor (domain extractor when
+    computed, else the first), its per-class FIDs and its concordance."""
+    ex = "domain" if "domain" in metrics else next(iter(metrics), None)
+    if ex is None:
+        return {"verdict": "not evaluated", "text": "No generative metrics were computed."}
+    m = metrics[ex]
+    floor = m["fid_real_vs_real"]
+    if not floor > 0:
+        return {"verdict": "not comparable", "extractor": ex,
+                "text": f"The real-vs-real {ex}-FID floor is {floor:g}: there is no scale to judge the run's FID by."}
+    ratio = m["fid"] / floor
+    per_class = {k: v / floor for k, v in (m.get("per_class_fid") or {}).items()}
+    worst = max(per_class.items(), key=lambda kv: kv[1]) if per_class else None
+    conc = concordance.get("weak") if "skipped" not in concordance else None
+    problems = []
+    if ratio > VERDICT_FID_RATIO:
+        problems.append(f"its {ex}-FID is {ratio:.1f}x the real-vs-real floor (verdict threshold "
+                        f"{VERDICT_FID_RATIO:g}x)")
+    if worst and worst[1] > VERDICT_CLASS_FID_RATIO:
+        problems.append(f"class {worst[0]}'s FID is {worst[1]:.1f}x the floor (threshold {VERDICT_CLASS_FID_RATIO:g}x)")
+    if conc is not None and conc < VERDICT_CONCORDANCE:
+        problems.append(f"only {conc:.1%} of its tiles are recognised as their condition (threshold "
+                        f"{VERDICT_CONCORDANCE:.0%})")
+    if problems:
+        verdict = "not converged"
+        text = ("Not converged: " + "; ".join(problems) + ". Its tiles do not yet look like the real tiles of their "
+                "condition: look at the sample grid, and train longer (gan.kimg) before using them.")
+    else:
+        verdict = "close to real"
+        text = (f"Close to real: {ex}-FID {ratio:.2f}x the real-vs-real floor"
+                + (f", every class within {worst[1]:.2f}x" if worst else "")
+                + (f", {conc:.1%} concordance" if conc is not None else "") + ".")
+    if m.get("below_min_samples"):
+        text += " (Below evaluate.min_samples: a small-sample FID, not comparable to published figures.)"
+    return {"verdict": verdict, "extractor": ex, "fid_ratio": ratio, "worst_class": worst[0] if worst else None,
+            "worst_class_ratio": worst[1] if worst else None, "concordance": conc, "text": text,
+            "thresholds": {"fid_ratio": VERDICT_FID_RATIO, "class_fid_ratio": VERDICT_CLASS_FID_RATIO,
+                           "concordance": VERDICT_CONCORDANCE}}
+
+
+def verdict_html(v: dict) -> str:
+    cls = "warn" if v["verdict"] == "not converged" else "ok"
+    return f"<p class={cls}><b>Verdict</b>: {html.escape(v['text'])}</p>"
+
+
 def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_dir, metrics: dict, study: dict) -> dict:
     kept = tiles[tiles["kept"]]
     per_slide = kept.groupby("slide_id").size().reindex(sheet["slide_id"], fill_value=0)
@@ -80,6 +131,7 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
                           "imported": opts.get("imported")}},
         "metrics": {gan_run: ev},
         "concordance": {gan_run: metrics["concordance"]},
+        "verdict": {gan_run: fidelity_verdict(ev, metrics["concordance"])},
         "classifier": study["metrics"],
         "study_gan_patients_known": study.get("gan_training_patients_known", True),
     }
@@ -98,6 +150,7 @@ def add_expression_run(summary: dict, run: str, gan_dir, eval_dir, expression_di
                                "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"]}
         summary["metrics"][run] = metrics["metrics"]
         summary["concordance"][run] = metrics["concordance"]
+    summary.setdefault("verdict", {})[run] = fidelity_verdict(summary["metrics"][run], summary["concordance"][run])
     vae = json.loads((expression_dir / "vae_report.json").read_text())
     spec = json.loads((eval_dir / "profiles.json").read_text())
     summary.setdefault("expression", {})[run] = {
@@ -130,7 +183,8 @@ def expression_html(summary: dict, run: str, eval_dir, expression_dir) -> str:
     c = summary["concordance"][run]
     parts.append("<h3>Generative metrics (tiles from training patients' profiles)</h3>" + _table(rows, list(rows[0]))
                  + f"<p>Concordance: the reference classifier assigns {c['weak']:.1%} of these tiles to the class of the "
-                   f"patient whose profile generated them ({c['strong']:.1%} strongly).</p>" + concordance_warning(c))
+                   f"patient whose profile generated them ({c['strong']:.1%} strongly).</p>" + concordance_warning(c)
+                 + (verdict_html(summary["verdict"][run]) if run in summary.get("verdict", {}) else ""))
     parts.append("<h3>Does the profile carry tissue information? (held-out test patients)</h3>"
                  "<p>For each test patient, tiles generated from its profile are compared with its own real tiles and, "
                  "at the same sample size, with each other test patient's real tiles; gap = FID(other) − FID(same), "
@@ -290,6 +344,8 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                      "per-class FID": ", ".join(f"{k}: {v:.2f}" for k, v in m["per_class_fid"].items()),
                      "flag": "BELOW min_samples: not comparable to published FIDs" if m["below_min_samples"] else ""})
     parts.append(_table(rows, list(rows[0]) if rows else []))
+    if gan_run in summary.get("verdict", {}):
+        parts.append(verdict_html(summary["verdict"][gan_run]))
     for ex, m in summary["metrics"][gan_run].items():
         if m["fid"] <= m["fid_real_vs_real"] or m["kid_mean"] <= m["kid_real_vs_real"]:
             parts.append(f"<p class=warn>[{html.escape(ex)}] FID or KID is at or below the real-vs-real floor. The floor "
