@@ -7,6 +7,7 @@ import email.utils
 import logging
 import re
 import time
+from urllib.parse import urljoin, urlsplit
 
 from histosynth.utils import UserError
 
@@ -42,8 +43,6 @@ MAX_REDIRECTS = 10
 
 def origin(url: str) -> tuple[str, str, int | None]:
     """(scheme, host, port) of a URL, the port made explicit (443 for https, 80 for http)."""
-    from urllib.parse import urlsplit
-
     u = urlsplit(url)
     scheme = u.scheme.lower()
     try:
@@ -69,8 +68,6 @@ def get_following_redirects(session, url: str, headers: dict, *, timeout: float,
         if resp.status_code not in (301, 302, 303, 307, 308) or not location:
             return resp, url
         resp.close()
-        from urllib.parse import urljoin
-
         nxt = urljoin(url, location)
         if origin(nxt)[0] not in ("http", "https"):
             raise SourceError(f"{redact(url)} redirected to {redact(nxt)}, which is not an http(s) URL")

@@ -61,7 +61,7 @@ def _read_types(path: Path, fold) -> np.ndarray:
         raise UserError(f"PanNuke fold {fold}: {path} is not a readable .npy file ({exc})") from None
     except (OSError, EOFError) as exc:
         raise UserError(f"PanNuke fold {fold}: {path} is not a readable .npy file ({exc})") from None
-    if types.ndim != 1 or types.dtype.kind not in "USO":
+    if types.ndim != 1 or types.dtype.kind not in "US":
         raise UserError(f"PanNuke fold {fold}: {path} should hold one tissue name per image (a 1-d string array); "
                         f"it holds {types.dtype} of shape {types.shape}")
     return types
