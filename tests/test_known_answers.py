@@ -268,5 +268,81 @@ def test_fidelity_verdict_says_in_words_whether_a_run_looks_real():
     # exactly at the thresholds is still close to real
     edge = fidelity_verdict(metrics(30.0, 20.0, {"a": 40.0}), {"weak": 0.9})
     assert edge["verdict"] == "close to real"
+    # each class against its own floor when the metrics have one
+    own = metrics(25.0, 20.0, {"normal": 30.0, "tumor": 38.0})
+    own["domain"]["per_class_floor"] = {"normal": 30.0, "tumor": 15.0}
+    v = fidelity_verdict(own, {"weak": 0.95})
+    assert v["verdict"] == "not converged" and "class tumor's FID is 2.5x its floor" in v["text"]
+    # colours outside the real patients' range fail a run whose FIDs pass
+    colour = {"passed": False, "outside": ["tumor H_mean"]}
+    v = fidelity_verdict(metrics(25.0, 20.0, {"normal": 30.0}), {"weak": 0.95}, colour)
+    assert v["verdict"] == "not converged" and "tumor H_mean" in v["text"] and v["colour_within_range"] is False
+    v = fidelity_verdict(metrics(25.0, 20.0, {"normal": 30.0}), {"weak": 0.95}, {"passed": True, "outside": []})
+    assert v["verdict"] == "close to real" and "colours within" in v["text"]
     assert fidelity_verdict(metrics(1.0, 0.0, {}), {"weak": 1.0})["verdict"] == "not comparable"
     assert fidelity_verdict({}, {})["verdict"] == "not evaluated"
+
+
+def test_colour_check_places_generated_stats_in_the_real_patients_range():
+    import pandas as pd
+    from skimage.color import hed2rgb
+
+    from histosynth.evaluate.colour import colour_check, pooled_stats, tile_moments
+
+    rng = np.random.default_rng(0)
+
+    def tiles(h, e, n, noise=0.02, d=0.02):  # tiles of known stain amounts (HED optical densities), pixel noise
+        hed = np.zeros((n, 16, 16, 3))
+        hed[..., 0] = h + noise * rng.standard_normal((n, 16, 16))
+        hed[..., 1] = e + noise * rng.standard_normal((n, 16, 16))
+        hed[..., 2] = d + noise * rng.standard_normal((n, 16, 16))
+        return (np.clip(hed2rgb(hed.reshape(-1, 16, 3)).reshape(n, 16, 16, 3), 0, 1) * 255).round().astype(np.uint8)
+
+    # the moments give back the stain amounts the tiles were made with
+    st = pooled_stats(tile_moments(tiles(0.2, 0.1, 8)))
+    assert st["H"]["mean"] == pytest.approx(0.2, abs=0.01) and st["E"]["mean"] == pytest.approx(0.1, abs=0.01)
+    assert st["H"]["spread"] == pytest.approx(0.02, abs=0.008)
+    real_t = np.concatenate([tiles(h, e, 6, noise, d) for h, e, noise, d in
+                             ((0.15, 0.08, 0.01, 0.01), (0.2, 0.1, 0.02, 0.02), (0.25, 0.12, 0.03, 0.03))])
+    real = pd.DataFrame({"patient_id": np.repeat(["a", "b", "c"], 6), "label": "tumor"})
+    rm = tile_moments(real_t)
+    inside = colour_check(real, rm, pd.DataFrame({"label": ["tumor"] * 6}), tile_moments(tiles(0.22, 0.1, 6)))
+    assert inside["per_class"]["tumor"]["checks"]["H_mean"]["within"] and inside["passed"] is True
+    pale = colour_check(real, rm, pd.DataFrame({"label": ["tumor"] * 6}), tile_moments(tiles(0.05, 0.1, 6)))
+    assert pale["passed"] is False and "tumor H_mean" in pale["outside"]
+    assert pale["per_class"]["tumor"]["checks"]["H_mean"]["real_min"] == pytest.approx(0.15, abs=0.01)
+    # one patient spans no range: reported, not judged
+    one = colour_check(real.iloc[:6], rm[:6], pd.DataFrame({"label": ["tumor"] * 6}), tile_moments(tiles(0.05, 0.1, 6)))
+    assert one["per_class"]["tumor"]["no_range"] and one["passed"] is True
+
+
+def test_fid_and_floor_compare_sets_with_the_same_class_shares():
+    """Two classes far apart in feature space; patients of half A and half B hold them in
+    different shares and the generated set is balanced. The floor must measure real-vs-real
+    variation, not the halves' class mix, and a generator that draws each class exactly as the
+    real tiles do must score as the floor does."""
+    import pandas as pd
+
+    from histosynth.config import validate
+    from histosynth.evaluate.run import evaluate_features
+
+    rng = np.random.default_rng(0)
+    rows, feats = [], []
+    # 4 tumor patients with 300 / 60 / 300 / 60 tiles; 4 normal with 60 / 300 / 60 / 300
+    for i, (lab, n) in enumerate([("tumor", 300), ("tumor", 60), ("tumor", 300), ("tumor", 60),
+                                  ("normal", 60), ("normal", 300), ("normal", 60), ("normal", 300)]):
+        rows += [{"patient_id": f"P{i}", "label": lab}] * n
+        feats.append(rng.normal(size=(n, 6)) + (8.0 if lab == "tumor" else 0.0))
+    real, fr = pd.DataFrame(rows), np.concatenate(feats)
+    fake = pd.DataFrame({"label": ["tumor"] * 600 + ["normal"] * 600})
+    ff = np.concatenate([rng.normal(size=(600, 6)) + 8.0, rng.normal(size=(600, 6))])
+    opts = validate({})["evaluate"] | {"allow_small": True, "kid_subset_size": 50, "kid_subsets": 5}
+    m = evaluate_features(real, fr, fake, ff, opts, "domain")
+    assert m["class_matched"] and sum(m["class_counts"].values()) == m["n_real"]
+    # within-class sets of standard normals: both FIDs are small-sample noise, far below the
+    # ~64 * share-difference that a class-mix mismatch between sides would add
+    assert m["fid_real_vs_real"] < 1.0 and m["fid"] < 1.0
+    assert set(m["per_class_floor"]) == {"tumor", "normal"} and max(m["per_class_floor"].values()) < 1.0
+    # a generator of one class only has no matched comparison: sampled without regard to class
+    only = evaluate_features(real, fr, fake.iloc[:600], ff[:600], opts, "domain")
+    assert not only["class_matched"] and only["fid"] > 10

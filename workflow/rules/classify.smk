@@ -17,7 +17,7 @@ rule classify:
         "results/benchmarks/classify.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=12000,
         gpu=GPU_ONE,

@@ -16,6 +16,7 @@ _hs_validate(config, "config")
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 GAN = config["gan"]["name"]
+TORCH_THREADS = int(config["torch_threads"])  # threads of every PyTorch rule
 SLIDE_DIR = config["acquire"]["slide_dir"]  # downloads land in SLIDE_DIR/<slide>.<ext>
 # One GPU for the rules that run networks outside training (reference classifier, generation,
 # evaluation, the study) when the GAN is given GPUs: they use CUDA whenever it is visible.

@@ -7,7 +7,7 @@ rule train_reference:
         "logs/train_reference.log",
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         gpu=GPU_ONE,
@@ -40,7 +40,7 @@ rule features:
         "logs/features.log",
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         gpu=GPU_ONE,
@@ -63,7 +63,7 @@ rule evaluate:
         run=_one_of(STYLE_RUNS),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         gpu=GPU_ONE,
@@ -97,7 +97,7 @@ rule blend_analysis:
         run=_one_of(BLEND_RUNS),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=4000,
         gpu=GPU_ONE,

@@ -29,6 +29,7 @@ rule expression_prepare:
     conda:
         "../envs/torch.yaml"
     threads: 1
+    priority: 10
     resources:
         mem_mb=8000,
     params:
@@ -56,7 +57,8 @@ rule train_vae:
         "logs/train_vae.log",
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
+    priority: 10
     resources:
         mem_mb=8000,
     params:
@@ -80,7 +82,7 @@ rule generate_heldout:
         run=_one_of(EXPR_RUNS),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         gpu=run_gpu_one,
@@ -114,7 +116,7 @@ rule generate_profiles:
         run=_one_of(EXPR_RUNS),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         gpu=run_gpu_one,
@@ -150,7 +152,7 @@ rule evaluate_profiles:
         run=_one_of(EXPR_RUNS),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         gpu=GPU_ONE,

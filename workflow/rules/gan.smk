@@ -16,7 +16,7 @@ rule train_gan:
         "results/benchmarks/train_gan/{run}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=16000,
         gpu=run_gpus,
@@ -59,7 +59,7 @@ rule generate:
         run=_one_of(STYLE_RUNS),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         gpu=run_gpu_one,

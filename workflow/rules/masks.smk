@@ -1,5 +1,7 @@
 # Layout-conditioned run (masks.enabled): label maps -> SPADE / pix2pix -> generation from
 # training and held-out maps -> layout fidelity (mIoU) and FID. See docs/layout.md.
+# The label-map rules have priority 10 (as the expression run's VAE): they are made before the
+# GAN runs start training, so that all runs can train side by side.
 
 
 if MASKS["source"] == "pannuke":
@@ -12,6 +14,7 @@ if MASKS["source"] == "pannuke":
         conda:
             "../envs/slides.yaml"
         threads: 1
+        priority: 10
         resources:
             mem_mb=8000,
         params:
@@ -32,6 +35,7 @@ else:
         conda:
             "../envs/slides.yaml"
         threads: 1
+        priority: 10
         resources:
             mem_mb=4000,
         params:
@@ -51,6 +55,7 @@ else:
         conda:
             "../envs/slides.yaml"
         threads: 1
+        priority: 10
         resources:
             mem_mb=4000,
         params:
@@ -75,6 +80,7 @@ else:
         conda:
             "../envs/slides.yaml"
         threads: 1
+        priority: 10
         resources:
             mem_mb=2000,
         params:
@@ -92,7 +98,7 @@ rule train_segnet:
         "logs/train_segnet.log",
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         gpu=GPU_ONE,
@@ -125,7 +131,7 @@ rule generate_layout:
         run=_one_of([MASK_RUN]),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         gpu=run_gpu_one,
@@ -150,7 +156,7 @@ rule evaluate_layout:
         run=_one_of([MASK_RUN]),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         gpu=GPU_ONE,

@@ -62,8 +62,26 @@ def evaluate(opts: dict, tiles, synthetic, reference, out, real_partitions=("tra
         result["concordance"] = {"skipped": f"the synthetic tiles have no {target!r} column (classify.target) to "
                                             f"compare the reference classifier's predictions with"}
         log.warning("concordance skipped: %s", result["concordance"]["skipped"])
+    result["colour"] = colour_fidelity(real, fake, target, o["seed"])
     result["domain_extractor"] = DOMAIN_EXTRACTOR
     write_json(out, result)
+
+
+def colour_fidelity(real, fake, by: str, seed: int = 0, per_patient: int = 200, per_class: int = 1000) -> dict:
+    """histosynth.evaluate.colour's check of the generated tiles' HED colour statistics against
+    the real patients' range, per value of `by`, on at most `per_patient` tiles of each real
+    patient and `per_class` generated tiles of each value."""
+    from histosynth.evaluate.colour import colour_check, sample_rows, tile_moments
+    from histosynth.slides.store import load_tiles
+
+    if by not in fake.columns or by not in real.columns:
+        return {"skipped": f"the tiles have no {by!r} column to group them by"}
+    r = sample_rows(real, [by, "patient_id"], per_patient, seed).reset_index(drop=True)
+    f = sample_rows(fake, [by], per_class, seed).reset_index(drop=True)
+    res = colour_check(r, tile_moments(load_tiles(r)), f, tile_moments(load_tiles(f)), by)
+    log.info("colour (HED mean and spread per class within the real patients' range): %s",
+             "all within" if res["passed"] else "outside: " + ", ".join(res["outside"]))
+    return res
 
 
 def train_segnet(masks: dict, index, out, progress=True):

@@ -52,18 +52,50 @@ def real_halves(real: pd.DataFrame, seed=0):
     return np.array(a_idx), np.array(b_idx), how
 
 
-def _fid_per_value(f_real, feats_real, f_fake, feats_fake, col, rng) -> dict:
-    """{value: {fid, n}}: FID between the real and generated tiles of each value of `col`, with
-    equal n on both sides (values with fewer than 2 tiles on either side are left out)."""
+def _fid_per_value(f_real, feats_real, f_fake, feats_fake, col, rng, a, b) -> dict:
+    """{value: {fid, floor, n}} for each value of `col`: FID between the generated tiles of that
+    value and the value's real tiles in half `a`, and its own real-vs-real floor (half `a` against
+    half `b`), with the same n on every side (FID is biased by n). Values with fewer than 2 tiles
+    on any side are left out; where half `b` has none of a value (one patient), the value's
+    tiles of half `a` are halved by tile for the floor."""
     per = {}
     real_v, fake_v = f_real[col].astype(str).to_numpy(), f_fake[col].astype(str).to_numpy()
     for value in sorted(set(real_v)):
-        r, f = np.flatnonzero(real_v == value), np.flatnonzero(fake_v == value)
-        nn = min(len(r), len(f))
+        ra, rb = a[real_v[a] == value], b[real_v[b] == value]
+        if len(rb) < 2:
+            ids = rng.permutation(ra)
+            ra, rb = ids[: len(ids) // 2], ids[len(ids) // 2:]
+        f = np.flatnonzero(fake_v == value)
+        nn = min(len(ra), len(rb), len(f))
         if nn >= 2:
-            per[value] = {"fid": M.fid(feats_real[rng.choice(r, nn, replace=False)],
-                                       feats_fake[rng.choice(f, nn, replace=False)]), "n": int(nn)}
+            sa = feats_real[rng.choice(ra, nn, replace=False)]
+            per[value] = {"fid": M.fid(sa, feats_fake[rng.choice(f, nn, replace=False)]),
+                          "floor": M.fid(sa, feats_real[rng.choice(rb, nn, replace=False)]), "n": int(nn)}
     return per
+
+
+def _class_matched(f_real, a, b, f_fake, max_samples=None) -> dict | None:
+    """{class: tiles per side} with which FID and its floor compare like with like: real half A,
+    real half B and the generated tiles all sampled with half A's class shares, as many as the
+    scarcest side allows (and at most `max_samples` in all). The two real halves are split by
+    patient, so their class shares differ; without matching, the floor would also measure that
+    difference, and the generated tiles' own class shares (generate.per_class: balanced) would
+    enter the FID. None when the generated tiles have no label column or lack one of the real
+    classes (then every side is sampled without regard to class)."""
+    if "label" not in f_real.columns or "label" not in f_fake.columns:
+        return None
+    real_v, fake_v = f_real["label"].astype(str).to_numpy(), f_fake["label"].astype(str).to_numpy()
+    classes, shares = np.unique(real_v[a], return_counts=True)
+    shares = shares / shares.sum()
+    room = []
+    for c, p in zip(classes, shares):
+        avail = min((real_v[a] == c).sum(), (real_v[b] == c).sum(), (fake_v == c).sum())
+        if avail == 0:
+            return None
+        room.append(avail / p)
+    n = int(min(room + [len(a)] + ([max_samples] if max_samples else [])))
+    counts = {str(c): int(np.floor(n * p + 1e-9)) for c, p in zip(classes, shares)}
+    return counts if sum(counts.values()) >= 2 else None
 
 
 def evaluate_features(f_real: pd.DataFrame, feats_real: np.ndarray, f_fake: pd.DataFrame, feats_fake: np.ndarray,
@@ -75,9 +107,13 @@ def evaluate_features(f_real: pd.DataFrame, feats_real: np.ndarray, f_fake: pd.D
     a = np.array([pos[i] for i in a])
     b = np.array([pos[i] for i in b])
     rng = np.random.default_rng(opts["seed"])
-    n = min(len(a), len(b), len(feats_fake))
-    if opts.get("max_samples"):
-        n = min(n, opts["max_samples"])
+    matched = _class_matched(f_real, a, b, f_fake, opts.get("max_samples"))
+    if matched is not None:
+        n = sum(matched.values())
+    else:
+        n = min(len(a), len(b), len(feats_fake))
+        if opts.get("max_samples"):
+            n = min(n, opts["max_samples"])
     small = n < opts["min_samples"]
     if small and not opts["allow_small"]:
         raise UserError(f"FID with {n} samples per side is below evaluate.min_samples ({opts['min_samples']}); "
@@ -85,10 +121,16 @@ def evaluate_features(f_real: pd.DataFrame, feats_real: np.ndarray, f_fake: pd.D
                         f"evaluate.allow_small: true to compute it anyway (it is flagged in the report).")
     if n < 10000:
         log.warning("[%s] FID from %d samples per side (< 10,000): compare only with the floor computed here", extractor, n)
-    ra, rb = rng.choice(a, n, replace=False), rng.choice(b, n, replace=False)
-    fk = rng.choice(len(feats_fake), n, replace=False)
+    if matched is not None:  # every side with half A's class shares
+        real_v, fake_v = f_real["label"].astype(str).to_numpy(), f_fake["label"].astype(str).to_numpy()
+        ra, rb, fk = (np.concatenate([rng.choice(pool[lab[pool] == c], k, replace=False) for c, k in matched.items()])
+                      for pool, lab in ((a, real_v), (b, real_v), (np.arange(len(fake_v)), fake_v)))
+    else:
+        ra, rb = rng.choice(a, n, replace=False), rng.choice(b, n, replace=False)
+        fk = rng.choice(len(feats_fake), n, replace=False)
     out = {"extractor": extractor, "n_real": int(n), "n_fake": int(n), "halves_split_by": how,
-           "below_min_samples": bool(small)}
+           "below_min_samples": bool(small), "class_matched": matched is not None,
+           "class_counts": {k: int(v) for k, v in (matched or {}).items()}}
     out["fid"] = M.fid(feats_real[ra], feats_fake[fk])
     out["fid_real_vs_real"] = M.fid(feats_real[ra], feats_real[rb])
     km, ks = M.kid(feats_real[ra], feats_fake[fk], subsets=opts["kid_subsets"], subset_size=opts["kid_subset_size"])
@@ -97,11 +139,12 @@ def evaluate_features(f_real: pd.DataFrame, feats_real: np.ndarray, f_fake: pd.D
     out["kid_real_vs_real"] = fm
     pr_n = min(n, opts["pr_max_samples"])
     out["precision"], out["recall"] = M.precision_recall(feats_real[ra[:pr_n]], feats_fake[fk[:pr_n]], k=opts["pr_k"])
-    per = _fid_per_value(f_real, feats_real, f_fake, feats_fake, "label", rng)
+    per = _fid_per_value(f_real, feats_real, f_fake, feats_fake, "label", rng, a, b)
     out["per_class_fid"] = {k: v["fid"] for k, v in per.items()}
+    out["per_class_floor"] = {k: v["floor"] for k, v in per.items()}
     out["per_class_n"] = {k: v["n"] for k, v in per.items()}
     out["per_attribute_fid"] = {col: {k: v["fid"] for k, v in _fid_per_value(f_real, feats_real, f_fake, feats_fake,
-                                                                            col, rng).items()}
+                                                                            col, rng, a, b).items()}
                                 for col in attributes if col in f_real.columns and col in f_fake.columns}
     return out
 

@@ -62,13 +62,16 @@ def concordance_warning(c: dict) -> str:
 
 
 # What "looks like its real tiles and honours its condition" means in the verdict: FID within
-# 1.5x the real-vs-real floor, every class's FID within 2x it, weak concordance at least 0.9.
+# 1.5x the real-vs-real floor, every class's FID within 2x the class's own floor, weak concordance
+# at least 0.9, and every class's HED colour mean and spread within its real patients' range.
 VERDICT_FID_RATIO, VERDICT_CLASS_FID_RATIO, VERDICT_CONCORDANCE = 1.5, 2.0, 0.9
 
 
-def fidelity_verdict(metrics: dict, concordance: dict) -> dict:
+def fidelity_verdict(metrics: dict, concordance: dict, colour: dict | None = None) -> dict:
     """A run's verdict in words from its FID against the real-vs-real floor (domain extractor when
-    computed, else the first), its per-class FIDs and its concordance."""
+    computed, else the first), each class's FID against the class's own floor (the overall floor
+    for metrics computed without one), its concordance and its colour check
+    (histosynth.evaluate.colour)."""
     ex = "domain" if "domain" in metrics else next(iter(metrics), None)
     if ex is None:
         return {"verdict": "not evaluated", "text": "No generative metrics were computed."}
@@ -78,7 +81,9 @@ def fidelity_verdict(metrics: dict, concordance: dict) -> dict:
         return {"verdict": "not comparable", "extractor": ex,
                 "text": f"The real-vs-real {ex}-FID floor is {floor:g}: there is no scale to judge the run's FID by."}
     ratio = m["fid"] / floor
-    per_class = {k: v / floor for k, v in (m.get("per_class_fid") or {}).items()}
+    class_floor = m.get("per_class_floor") or {}
+    per_class = {k: v / (class_floor[k] if class_floor.get(k, 0) > 0 else floor)
+                 for k, v in (m.get("per_class_fid") or {}).items()}
     worst = max(per_class.items(), key=lambda kv: kv[1]) if per_class else None
     conc = concordance.get("weak") if "skipped" not in concordance else None
     problems = []
@@ -86,10 +91,14 @@ def fidelity_verdict(metrics: dict, concordance: dict) -> dict:
         problems.append(f"its {ex}-FID is {ratio:.1f}x the real-vs-real floor (verdict threshold "
                         f"{VERDICT_FID_RATIO:g}x)")
     if worst and worst[1] > VERDICT_CLASS_FID_RATIO:
-        problems.append(f"class {worst[0]}'s FID is {worst[1]:.1f}x the floor (threshold {VERDICT_CLASS_FID_RATIO:g}x)")
+        problems.append(f"class {worst[0]}'s FID is {worst[1]:.1f}x {'its' if class_floor else 'the'} floor "
+                        f"(threshold {VERDICT_CLASS_FID_RATIO:g}x)")
     if conc is not None and conc < VERDICT_CONCORDANCE:
         problems.append(f"only {conc:.1%} of its tiles are recognised as their condition (threshold "
                         f"{VERDICT_CONCORDANCE:.0%})")
+    colour_ok = None if not colour or "passed" not in colour else colour["passed"]
+    if colour_ok is False:
+        problems.append("its colours leave the real patients' range (" + ", ".join(colour["outside"]) + ")")
     if problems:
         verdict = "not converged"
         text = ("Not converged: " + "; ".join(problems) + ". Its tiles do not yet look like the real tiles of their "
@@ -98,13 +107,34 @@ def fidelity_verdict(metrics: dict, concordance: dict) -> dict:
         verdict = "close to real"
         text = (f"Close to real: {ex}-FID {ratio:.2f}x the real-vs-real floor"
                 + (f", every class within {worst[1]:.2f}x" if worst else "")
-                + (f", {conc:.1%} concordance" if conc is not None else "") + ".")
+                + (f", {conc:.1%} concordance" if conc is not None else "")
+                + (", colours within the real patients' range" if colour_ok else "") + ".")
     if m.get("below_min_samples"):
         text += " (Below evaluate.min_samples: a small-sample FID, not comparable to published figures.)"
     return {"verdict": verdict, "extractor": ex, "fid_ratio": ratio, "worst_class": worst[0] if worst else None,
-            "worst_class_ratio": worst[1] if worst else None, "concordance": conc, "text": text,
+            "worst_class_ratio": worst[1] if worst else None, "concordance": conc, "colour_within_range": colour_ok, "text": text,
             "thresholds": {"fid_ratio": VERDICT_FID_RATIO, "class_fid_ratio": VERDICT_CLASS_FID_RATIO,
                            "concordance": VERDICT_CONCORDANCE}}
+
+
+def colour_html(colour: dict | None) -> str:
+    """The colour check (histosynth.evaluate.colour) as a table: per class and HED channel, the
+    generated tiles' mean and spread against the real patients' range."""
+    if not colour or "per_class" not in colour:
+        return ""
+    rows = []
+    for cls, v in colour["per_class"].items():
+        if v.get("no_range"):
+            rows.append({"class": cls, "statistic": "-", "generated": "-", "real patients' range": "one patient: no range",
+                         "within": "-"})
+            continue
+        for name, c in v["checks"].items():
+            rows.append({"class": cls, "statistic": name.replace("_", " "), "generated": f"{c['generated']:.4f}",
+                         "real patients' range": f"{c['real_min']:.4f} - {c['real_max']:.4f}",
+                         "within": "yes" if c["within"] else "NO"})
+    return ("<h3>Colour</h3><p>Haematoxylin, eosin and DAB optical density (colour deconvolution): the mean and spread "
+            "over the generated tiles' pixels of each class against the range over that class's real training "
+            "patients.</p>" + _table(rows, list(rows[0]) if rows else []))
 
 
 def verdict_html(v: dict) -> str:
@@ -131,7 +161,8 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
                           "imported": opts.get("imported")}},
         "metrics": {gan_run: ev},
         "concordance": {gan_run: metrics["concordance"]},
-        "verdict": {gan_run: fidelity_verdict(ev, metrics["concordance"])},
+        "colour": {gan_run: metrics.get("colour")},
+        "verdict": {gan_run: fidelity_verdict(ev, metrics["concordance"], metrics.get("colour"))},
         "classifier": study["metrics"],
         "study_gan_patients_known": study.get("gan_training_patients_known", True),
     }
@@ -150,7 +181,9 @@ def add_expression_run(summary: dict, run: str, gan_dir, eval_dir, expression_di
                                "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"]}
         summary["metrics"][run] = metrics["metrics"]
         summary["concordance"][run] = metrics["concordance"]
-    summary.setdefault("verdict", {})[run] = fidelity_verdict(summary["metrics"][run], summary["concordance"][run])
+        summary.setdefault("colour", {})[run] = metrics.get("colour")
+    summary.setdefault("verdict", {})[run] = fidelity_verdict(summary["metrics"][run], summary["concordance"][run],
+                                                              (summary.get("colour") or {}).get(run))
     vae = json.loads((expression_dir / "vae_report.json").read_text())
     spec = json.loads((eval_dir / "profiles.json").read_text())
     summary.setdefault("expression", {})[run] = {
@@ -184,7 +217,8 @@ def expression_html(summary: dict, run: str, eval_dir, expression_dir) -> str:
     parts.append("<h3>Generative metrics (tiles from training patients' profiles)</h3>" + _table(rows, list(rows[0]))
                  + f"<p>Concordance: the reference classifier assigns {c['weak']:.1%} of these tiles to the class of the "
                    f"patient whose profile generated them ({c['strong']:.1%} strongly).</p>" + concordance_warning(c)
-                 + (verdict_html(summary["verdict"][run]) if run in summary.get("verdict", {}) else ""))
+                 + (verdict_html(summary["verdict"][run]) if run in summary.get("verdict", {}) else "")
+                 + colour_html((summary.get("colour") or {}).get(run)))
     parts.append("<h3>Does the profile carry tissue information? (held-out test patients)</h3>"
                  "<p>For each test patient, tiles generated from its profile are compared with its own real tiles and, "
                  "at the same sample size, with each other test patient's real tiles; gap = FID(other) − FID(same), "
@@ -341,11 +375,14 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
     for ex, m in summary["metrics"][gan_run].items():
         rows.append({"extractor": ex, "FID": m["fid"], "FID real-vs-real floor": m["fid_real_vs_real"], "KID": m["kid_mean"],
                      "KID std": m["kid_std"], "precision": m["precision"], "recall": m["recall"], "n per side": m["n_real"],
-                     "per-class FID": ", ".join(f"{k}: {v:.2f}" for k, v in m["per_class_fid"].items()),
+                     "per-class FID (its floor)": ", ".join(
+                         f"{k}: {v:.2f}" + (f" ({m['per_class_floor'][k]:.2f})" if k in (m.get("per_class_floor") or {})
+                                            else "") for k, v in m["per_class_fid"].items()),
                      "flag": "BELOW min_samples: not comparable to published FIDs" if m["below_min_samples"] else ""})
     parts.append(_table(rows, list(rows[0]) if rows else []))
     if gan_run in summary.get("verdict", {}):
         parts.append(verdict_html(summary["verdict"][gan_run]))
+    parts.append(colour_html((summary.get("colour") or {}).get(gan_run)))
     for ex, m in summary["metrics"][gan_run].items():
         if m["fid"] <= m["fid_real_vs_real"] or m["kid_mean"] <= m["kid_real_vs_real"]:
             parts.append(f"<p class=warn>[{html.escape(ex)}] FID or KID is at or below the real-vs-real floor. The floor "
