@@ -67,7 +67,9 @@ def style_figures(metrics: dict) -> dict:
     return {"fid": m["fid"], "floor": m["fid_real_vs_real"], "ratio": m["fid"] / m["fid_real_vs_real"],
             "per_class": cls, "concordance": metrics["concordance"].get("weak"),
             "colour_within_range": (metrics.get("colour") or {}).get("passed"),
-            "colour_outside": (metrics.get("colour") or {}).get("outside", []), "verdict": v["verdict"], "n": m["n_real"]}
+            "colour_outside": (metrics.get("colour") or {}).get("outside", []),
+            "colour_checked": sum(len(c.get("checks", {})) for c in (metrics.get("colour") or {}).get("per_class", {}).values()),
+            "verdict": v["verdict"], "n": m["n_real"]}
 
 
 def layout_figures(result: dict) -> dict:
@@ -84,9 +86,13 @@ def picture(workdir: Path, run: str, out: Path, per_class: int = 8) -> None:
 
     from histosynth.slides.store import load_tiles, read_index
 
+    def rooted(index):  # the stores' paths are relative to the workflow's folder
+        index["store"] = [str(Path(workdir) / p) if not os.path.isabs(p) else p for p in index["store"]]
+        return index
+
     real = read_index(workdir / "results/split/tiles.parquet")
-    real = real[real["kept"] & (real["partition"] == "train")]
-    fake = read_index(workdir / f"results/generate/{run}/synthetic.parquet")
+    real = rooted(real[real["kept"] & (real["partition"] == "train")].copy())
+    fake = rooted(read_index(workdir / f"results/generate/{run}/synthetic.parquet"))
     rows = []
     for label in sorted(real["label"].unique()):
         r = real[real["label"] == label].sample(per_class, random_state=0)
@@ -103,9 +109,10 @@ def markdown_table(results: dict, style: list, mask: str | None) -> list[str]:
         for r in style:
             f = res[r]
             k, c = max(f["per_class"].items(), key=lambda kv: kv[1]["ratio"])
+            colour = "yes" if f["colour_within_range"] else f"no ({len(f['colour_outside'])} of {f['colour_checked']} outside)"
             lines.append(f"| {r} | {seed} | {f['fid']:.1f} / {f['floor']:.1f} = {f['ratio']:.2f}x | {k}: {c['fid']:.1f} / "
                          f"{c['floor']:.1f} = {c['ratio']:.2f}x | {f['concordance']:.1%} | "
-                         f"{'yes' if f['colour_within_range'] else 'no: ' + ', '.join(f['colour_outside'])} | "
+                         f"{colour} | "
                          f"{f['verdict']} |")
         if mask:
             f = res[mask]
@@ -145,13 +152,13 @@ def main(argv=None) -> None:
             res[mask] = layout_figures(json.loads((d / f"results/evaluate/{mask}/layout.json").read_text()))
         results[seed] = res
         print(json.dumps({"seed": seed, **res}), flush=True)
-    if first is not None:
-        for r in style:
-            picture(first, r, work / f"real_vs_generated_{r}.png")
     lines = markdown_table(results, style, mask)
     (work / "demo_quality.md").write_text("\n".join(lines) + "\n")
     (work / "demo_quality.json").write_text(json.dumps(results, indent=1))
     print("\n".join(lines))
+    if first is not None:
+        for r in style:
+            picture(first, r, work / f"real_vs_generated_{r}.png")
 
 
 if __name__ == "__main__":

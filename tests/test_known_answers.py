@@ -311,6 +311,9 @@ def test_colour_check_places_generated_stats_in_the_real_patients_range():
     pale = colour_check(real, rm, pd.DataFrame({"label": ["tumor"] * 6}), tile_moments(tiles(0.05, 0.1, 6)))
     assert pale["passed"] is False and "tumor H_mean" in pale["outside"]
     assert pale["per_class"]["tumor"]["checks"]["H_mean"]["real_min"] == pytest.approx(0.15, abs=0.01)
+    # large tiles are read on a pixel grid of at most max_side a side
+    big = np.repeat(np.repeat(tiles(0.2, 0.1, 2), 8, axis=1), 8, axis=2)  # 128 px
+    assert np.allclose(tile_moments(big), tile_moments(big[:, ::2, ::2], max_side=64))
     # one patient spans no range: reported, not judged
     one = colour_check(real.iloc[:6], rm[:6], pd.DataFrame({"label": ["tumor"] * 6}), tile_moments(tiles(0.05, 0.1, 6)))
     assert one["per_class"]["tumor"]["no_range"] and one["passed"] is True

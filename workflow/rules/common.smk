@@ -105,6 +105,14 @@ def run_spec(wildcards):
     return RUNS[wildcards.run].to_json()
 
 
+def train_priority(wildcards):
+    """The order in which the runs start training when they cannot all train at once: the gan
+    run first (the augmentation study, the longest step after training, waits for it), then the
+    mask run (generation from maps and the layout evaluation wait for it), then the others.
+    """
+    return {GAN: 5, MASK_RUN: 3}.get(wildcards.run, 0)
+
+
 def run_gpus(wildcards):
     return RUNS[wildcards.run].gan["gpus"]
 

@@ -26,10 +26,10 @@ rule expression_prepare:
         transform="results/expression/transform.json",
     log:
         "logs/expression_prepare.log",
+    priority: 10
     conda:
         "../envs/torch.yaml"
     threads: 1
-    priority: 10
     resources:
         mem_mb=8000,
     params:
@@ -55,10 +55,10 @@ rule train_vae:
         ),
     log:
         "logs/train_vae.log",
+    priority: 10
     conda:
         "../envs/torch.yaml"
     threads: TORCH_THREADS
-    priority: 10
     resources:
         mem_mb=8000,
     params:

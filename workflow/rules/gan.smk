@@ -14,6 +14,7 @@ rule train_gan:
         "logs/train_gan/{run}.log",
     benchmark:
         "results/benchmarks/train_gan/{run}.tsv"
+    priority: train_priority
     conda:
         "../envs/torch.yaml"
     threads: TORCH_THREADS

@@ -11,10 +11,10 @@ if MASKS["source"] == "pannuke":
             index="results/masks/index.parquet",
         log:
             "logs/import_pannuke.log",
+        priority: 10
         conda:
             "../envs/slides.yaml"
         threads: 1
-        priority: 10
         resources:
             mem_mb=8000,
         params:
@@ -32,10 +32,10 @@ else:
             "results/masks/segmenter.json",
         log:
             "logs/fit_segmenter.log",
+        priority: 10
         conda:
             "../envs/slides.yaml"
         threads: 1
-        priority: 10
         resources:
             mem_mb=4000,
         params:
@@ -52,10 +52,10 @@ else:
             index="results/masks/slides/{slide}.parquet",
         log:
             "logs/label_maps/{slide}.log",
+        priority: 10
         conda:
             "../envs/slides.yaml"
         threads: 1
-        priority: 10
         resources:
             mem_mb=4000,
         params:
@@ -77,10 +77,10 @@ else:
             "results/masks/index.parquet",
         log:
             "logs/mask_index.log",
+        priority: 10
         conda:
             "../envs/slides.yaml"
         threads: 1
-        priority: 10
         resources:
             mem_mb=2000,
         params:

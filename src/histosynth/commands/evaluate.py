@@ -67,15 +67,18 @@ def evaluate(opts: dict, tiles, synthetic, reference, out, real_partitions=("tra
     write_json(out, result)
 
 
-def colour_fidelity(real, fake, by: str, seed: int = 0, per_patient: int = 200, per_class: int = 1000) -> dict:
+def colour_fidelity(real, fake, by: str, seed: int = 0, per_patient: int = 200, per_class: int = 1000,
+                    max_real: int = 5000) -> dict:
     """histosynth.evaluate.colour's check of the generated tiles' HED colour statistics against
     the real patients' range, per value of `by`, on at most `per_patient` tiles of each real
-    patient and `per_class` generated tiles of each value."""
+    patient (fewer, down to 20, where the patients would give more than `max_real` tiles) and
+    `per_class` generated tiles of each value."""
     from histosynth.evaluate.colour import colour_check, sample_rows, tile_moments
     from histosynth.slides.store import load_tiles
 
     if by not in fake.columns or by not in real.columns:
         return {"skipped": f"the tiles have no {by!r} column to group them by"}
+    per_patient = max(20, min(per_patient, max_real // max(1, real["patient_id"].nunique())))
     r = sample_rows(real, [by, "patient_id"], per_patient, seed).reset_index(drop=True)
     f = sample_rows(fake, [by], per_class, seed).reset_index(drop=True)
     res = colour_check(r, tile_moments(load_tiles(r)), f, tile_moments(load_tiles(f)), by)

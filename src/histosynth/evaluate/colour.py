@@ -16,14 +16,18 @@ import pandas as pd
 CHANNELS = ("H", "E", "D")
 
 
-def tile_moments(tiles_uint8: np.ndarray, chunk: int = 256) -> np.ndarray:
+def tile_moments(tiles_uint8: np.ndarray, chunk: int = 256, max_side: int = 64) -> np.ndarray:
     """(N, 6): per tile, the mean and the mean of squares of each HED channel over its pixels
-    (columns H, E, D means, then H, E, D means of squares)."""
+    (columns H, E, D means, then H, E, D means of squares). Tiles larger than `max_side` px are
+    read on a regular pixel grid of at most that many pixels a side (every 4th pixel of a
+    256 px tile): the statistics of 4,096 pixels, at 1/16 of the cost."""
     from skimage.color import rgb2hed
 
     tiles = np.asarray(tiles_uint8)
     if tiles.ndim != 4 or tiles.shape[-1] != 3:
         raise ValueError(f"tiles must be (N, H, W, 3) RGB, got shape {tiles.shape}")
+    step = max(1, -(-max(tiles.shape[1:3]) // max_side))
+    tiles = tiles[:, ::step, ::step]
     out = np.empty((len(tiles), 6), np.float64)
     for i in range(0, len(tiles), chunk):
         hed = np.stack([rgb2hed(t) for t in tiles[i:i + chunk]]).reshape(-1, tiles.shape[1] * tiles.shape[2], 3)

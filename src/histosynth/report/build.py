@@ -98,7 +98,9 @@ def fidelity_verdict(metrics: dict, concordance: dict, colour: dict | None = Non
                         f"{VERDICT_CONCORDANCE:.0%})")
     colour_ok = None if not colour or "passed" not in colour else colour["passed"]
     if colour_ok is False:
-        problems.append("its colours leave the real patients' range (" + ", ".join(colour["outside"]) + ")")
+        out = colour["outside"]
+        problems.append(f"its colours leave the real patients' range ({len(out)} statistic{'s' if len(out) != 1 else ''}: "
+                        + ", ".join(out[:4]) + (", ..." if len(out) > 4 else "") + ")")
     if problems:
         verdict = "not converged"
         text = ("Not converged: " + "; ".join(problems) + ". Its tiles do not yet look like the real tiles of their "
