@@ -10,6 +10,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "run_name": "tiny e2e",
+    "torch_threads": 1,  # as the demo: one-thread jobs side by side on the two cores
     "demo": {"outdir": "resources/demo", "patients_per_class": 3, "size_px": 2048},
     "acquire": {"manifest": "resources/demo/manifest.tsv"},
     "tiles": {"tile_px": 32, "tile_um": 128, "blur": 5},
