@@ -123,7 +123,8 @@ def evaluate_features(f_real: pd.DataFrame, feats_real: np.ndarray, f_fake: pd.D
         log.warning("[%s] FID from %d samples per side (< 10,000): compare only with the floor computed here", extractor, n)
     if matched is not None:  # every side with half A's class shares
         real_v, fake_v = f_real["label"].astype(str).to_numpy(), f_fake["label"].astype(str).to_numpy()
-        ra, rb, fk = (np.concatenate([rng.choice(pool[lab[pool] == c], k, replace=False) for c, k in matched.items()])
+        ra, rb, fk = (rng.permutation(np.concatenate([rng.choice(pool[lab[pool] == c], k, replace=False)
+                                                      for c, k in matched.items()]))  # classes mixed: P/R takes a prefix
                       for pool, lab in ((a, real_v), (b, real_v), (np.arange(len(fake_v)), fake_v)))
     else:
         ra, rb = rng.choice(a, n, replace=False), rng.choice(b, n, replace=False)
