@@ -73,6 +73,8 @@ def colour_fidelity(real, fake, by: str, seed: int = 0, per_patient: int = 200, 
     the real patients' range, per value of `by`, on at most `per_patient` tiles of each real
     patient (fewer, down to 20, where the patients would give more than `max_real` tiles) and
     `per_class` generated tiles of each value."""
+    import numpy as np
+
     from histosynth.evaluate.colour import colour_check, sample_rows, tile_moments
     from histosynth.slides.store import load_tiles
 
@@ -81,7 +83,10 @@ def colour_fidelity(real, fake, by: str, seed: int = 0, per_patient: int = 200, 
     per_patient = max(20, min(per_patient, max_real // max(1, real["patient_id"].nunique())))
     r = sample_rows(real, [by, "patient_id"], per_patient, seed).reset_index(drop=True)
     f = sample_rows(fake, [by], per_class, seed).reset_index(drop=True)
-    res = colour_check(r, tile_moments(load_tiles(r)), f, tile_moments(load_tiles(f)), by)
+    def moments(index, chunk=512):  # tiles read a chunk at a time: 5,000 tiles of 256 px would be 1 GB at once
+        return np.concatenate([tile_moments(load_tiles(index.iloc[i:i + chunk])) for i in range(0, len(index), chunk)])
+
+    res = colour_check(r, moments(r), f, moments(f), by)
     log.info("colour (HED mean and spread per class within the real patients' range): %s",
              "all within" if res["passed"] else "outside: " + ", ".join(res["outside"]))
     return res
