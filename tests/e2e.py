@@ -3,6 +3,7 @@ the suite-wide `e2e_workdir` fixture (conftest.py), shared by every test that re
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -31,10 +32,28 @@ TINY = {
 SNAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--cores", "2"]
 
 
+_NO_SLURM_BIN: list = []
+
+
+def snakemake_env() -> dict:
+    """The environment of the tests' Snakemake runs: this interpreter's commands first, and a
+    `scontrol` that fails at once. The SLURM executor plugin (installed for tests/test_slurm.py)
+    runs `scontrol show config` whenever Snakemake starts; on a machine with the SLURM client but
+    no controller that answers, every start then waits about 10 s for it. These runs use no SLURM
+    (test_slurm.py keeps the real command)."""
+    if not _NO_SLURM_BIN:
+        d = Path(tempfile.mkdtemp(prefix="histosynth-no-slurm-"))
+        stub = d / "scontrol"
+        stub.write_text("#!/bin/sh\necho 'scontrol: not used by this test run' >&2\nexit 1\n")
+        stub.chmod(0o755)
+        _NO_SLURM_BIN.append(str(d))
+    path = os.pathsep.join([_NO_SLURM_BIN[0], os.path.dirname(sys.executable), os.environ["PATH"]])
+    return dict(os.environ, PATH=path)
+
+
 def run(args, cwd, **kw):
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    r = subprocess.run(SNAKE + args, cwd=cwd, capture_output=True, text=True, env=env, timeout=1500, **kw)
-    return r
+    return subprocess.run(SNAKE + args, cwd=cwd, capture_output=True, text=True, env=snakemake_env(), timeout=1500,
+                          **kw)
 
 
 def build_workdir(d: Path) -> Path:

@@ -3,7 +3,6 @@ that it works the first time it meets a GPU: the self-check, the training benchm
 active and the demo's Snakemake call, reported in one markdown file with logs and JSON beside
 it. The demo step's figures are read from the suite's end-to-end run (the same DAG, run once)."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,9 @@ sys.path.insert(0, str(REPO / "benchmarks" / "gpu"))
 
 def test_gpu_script_runs_every_step_on_the_cpu_and_writes_one_report(tmp_path):
     out = tmp_path / "out" / "gpu-results.md"
-    env = dict(os.environ, PYTHON=sys.executable, HS_DEMO_DIR=str(tmp_path / "demo"),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    from e2e import snakemake_env
+
+    env = dict(snakemake_env(), PYTHON=sys.executable, HS_DEMO_DIR=str(tmp_path / "demo"))
     r = subprocess.run(["bash", str(REPO / "benchmarks/gpu/run.sh"), "--device", "cpu", "--quick", "--dry-run-demo",
                         "--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])

@@ -3,11 +3,10 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import pytest
 import yaml
-from e2e import REPO, SNAKE, TINY, run
+from e2e import REPO, SNAKE, TINY, run, snakemake_env
 
 
 @pytest.fixture(scope="module")
@@ -248,9 +247,9 @@ def _killed_at(cwd, pattern, delay, timeout=1500):
     import signal
     import time
 
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     with open(cwd / "snakemake.log", "a") as log:
-        p = subprocess.Popen(SNAKE + ["--rerun-incomplete"], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env,
+        p = subprocess.Popen(SNAKE + ["--rerun-incomplete"], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                             env=snakemake_env(),
                              start_new_session=True)
         t0 = time.time()
         while p.poll() is None and time.time() - t0 < timeout:

@@ -108,6 +108,17 @@ COMMANDS = {
               ("--timeout", {**FLOAT, "default": 30.0, "help": "seconds a client may take to send its request"}),
               ("--allow-host", {"action": "append", "help": "another name clients use for this server (its Host "
                                                             "header); loopback names and --host are always allowed"})]),
+    "audit-copies": ("histosynth.commands.evaluate:audit_copies", "copy audit: are generated (or any) tiles closer to "
+                     "the GAN's training tiles than held-out patients' tiles are?", ["evaluate"],
+                     ["--tiles", "--synthetic", "--reference", "--out", ("--run", {"default": "", "help": "run name "
+                                                                                    "recorded in the result"}),
+                      ("--pairs", {"help": "PNG of the closest generated/training pairs"}),
+                      ("--flags", {"help": "parquet: every audited tile's nearest training tile and flags"}),
+                      ("--train-partitions", {"nargs": "+", "default": ["train"], "help": "the partitions the GAN "
+                                                                                          "trained on"}),
+                      ("--heldout-partitions", {"nargs": "+", "default": ["test"], "help": "partitions of patients "
+                                                                                           "it never saw (the null)"}),
+                      ("--features", {"help": "the feature cache folder (features rule); read only"})]),
     "train-reference": ("histosynth.commands.classify:train_reference", "train the reference classifier on real "
                         "training tiles", ["classify"], ["--tiles", "--out"]),
     "evaluate": ("histosynth.commands.evaluate:evaluate", "FID, KID, precision/recall, floor, concordance", ["evaluate"],

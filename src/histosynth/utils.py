@@ -103,6 +103,8 @@ def _json_default(o):
         return int(o)
     if isinstance(o, (np.floating,)):
         return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, Path):

@@ -21,6 +21,7 @@ SLIDE_DIR = config["acquire"]["slide_dir"]  # downloads land in SLIDE_DIR/<slide
 # One GPU for the rules that run networks outside training (reference classifier, generation,
 # evaluation, the study) when the GAN is given GPUs: they use CUDA whenever it is visible.
 GPU_ONE = min(1, int(config["gan"]["gpus"]))
+AUDIT = config["evaluate"]["audit"]["enabled"]  # the copy audit of every run (rule audit_copies)
 
 # Every GAN run, whatever its kind (class, attributes, vector, expression, none, mask), resolved
 # once (histosynth.runs): the {run} wildcard ranges over their names.
@@ -95,9 +96,12 @@ wildcard_constraints:
     run=_one_of(RUNS),
 
 
-def opts(section):
-    """A config section as one shell-quoted JSON argument (a change re-runs only its rules)."""
-    return json.dumps(config[section], sort_keys=True)
+def opts(section, drop=()):
+    """A config section as one shell-quoted JSON argument (a change re-runs only its rules),
+    without the keys in `drop` (a subsection other rules read: evaluate.audit)."""
+    return json.dumps(
+        {k: v for k, v in config[section].items() if k not in drop}, sort_keys=True
+    )
 
 
 def run_spec(wildcards):
@@ -273,6 +277,8 @@ def report_inputs(wildcards):
                 f"{ev}/{f}"
                 for f in ("blend.png", "blend.gif", "latent.png", "latent.gif")
             ]
+        if AUDIT:
+            files += [f"{ev}/copies.json", f"{ev}/copies.png"]
         if r in ATTR_RUNS:
             files.append(f"{ev}/attributes.png")
         if r in BLEND_RUNS:
@@ -310,6 +316,7 @@ def stage_outputs(stage):
     out += [f"results/evaluate/{r}/profiles.json" for r in EXPR_RUNS]
     out += [f"results/evaluate/{r}/blend_probability.json" for r in BLEND_RUNS]
     out += [f"results/evaluate/{r}/attributes.png" for r in ATTR_RUNS]
+    out += [f"results/evaluate/{r}/copies.json" for r in RUNS if AUDIT]
     return out + ([f"results/evaluate/{MASK_RUN}/layout.json"] if MASK_RUN else [])
 
 
@@ -321,6 +328,27 @@ def attribute_args(wildcards):
     return "--attributes " + " ".join(
         shlex.quote(c) for c in spec.gan["condition_columns"]
     )
+
+
+def audit_inputs(wildcards):
+    """The copy audit's inputs: the tiles the run trained on (the mask index for the mask run),
+    its generated tiles, and the extractors' network and feature cache."""
+    return {
+        "tiles": (
+            "results/masks/index.parquet"
+            if wildcards.run == MASK_RUN
+            else "results/split/tiles.parquet"
+        ),
+        "synthetic": f"results/generate/{wildcards.run}/synthetic.parquet",
+        "reference": "results/evaluate/reference_classifier.pt",
+        "features": "results/evaluate/features",
+    }
+
+
+def heldout_partitions(wildcards):
+    """The partitions of patients the run's GAN never saw: the copy audit's null."""
+    train = RUNS[wildcards.run].gan["train_partitions"]
+    return " ".join(p for p in ("train", "val", "test") if p not in train)
 
 
 def evaluate_inputs(wildcards):

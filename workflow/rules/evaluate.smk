@@ -46,7 +46,7 @@ rule features:
         gpu=GPU_ONE,
     params:
         hs=HISTOSYNTH,
-        opts=opts("evaluate"),
+        opts=opts("evaluate", drop=("audit",)),
     shell:
         "{params.hs} -q features --options {params.opts:q} --indexes {input.indexes} --reference {input.reference} "
         "--out {output} > {log} 2>&1"
@@ -69,7 +69,7 @@ rule evaluate:
         gpu=GPU_ONE,
     params:
         hs=HISTOSYNTH,
-        opts=opts("evaluate"),
+        opts=opts("evaluate", drop=("audit",)),
         partitions=lambda wc: " ".join(RUNS[wc.run].gan["train_partitions"]),
         attributes=attribute_args,
     shell:
@@ -135,3 +135,35 @@ rule attribute_grids:
         opts=opts("generate"),
     shell:
         "{params.hs} -q attribute-grids --options {params.opts:q} --network {input.network} --out {output} > {log} 2>&1"
+
+
+rule audit_copies:
+    input:
+        unpack(audit_inputs),
+    output:
+        json="results/evaluate/{run}/copies.json",
+        pairs=report(
+            "results/evaluate/{run}/copies.png",
+            caption="../report/copies.rst",
+            category="Copy audit",
+            subcategory="{run}",
+        ),
+        flags="results/evaluate/{run}/copies.parquet",
+    log:
+        "logs/audit_copies/{run}.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: TORCH_THREADS
+    resources:
+        mem_mb=8000,
+        gpu=GPU_ONE,
+    params:
+        hs=HISTOSYNTH,
+        opts=opts("evaluate"),
+        train=lambda wc: " ".join(RUNS[wc.run].gan["train_partitions"]),
+        heldout=heldout_partitions,
+    shell:
+        "{params.hs} -q audit-copies --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
+        "--reference {input.reference} --features {input.features} --run {wildcards.run} "
+        "--train-partitions {params.train} --heldout-partitions {params.heldout} --out {output.json} "
+        "--pairs {output.pairs} --flags {output.flags} > {log} 2>&1"

@@ -158,7 +158,7 @@ rule evaluate_profiles:
         gpu=GPU_ONE,
     params:
         hs=HISTOSYNTH,
-        opts=opts("evaluate"),
+        opts=opts("evaluate", drop=("audit",)),
     shell:
         "{params.hs} -q evaluate-profiles --options {params.opts:q} --tiles {input.tiles} --heldout {input.heldout} "
         "--reference {input.reference} --transform {input.transform} --features {input.features} "

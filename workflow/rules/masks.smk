@@ -162,7 +162,7 @@ rule evaluate_layout:
         gpu=GPU_ONE,
     params:
         hs=HISTOSYNTH,
-        opts=opts("evaluate"),
+        opts=opts("evaluate", drop=("audit",)),
         masks=opts("masks"),
         partitions=lambda wc: " ".join(RUNS[wc.run].gan["train_partitions"]),
     shell:

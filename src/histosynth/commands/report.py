@@ -21,6 +21,7 @@ def report(sheet, tiles, gan_dir, gan_run, run_name, metrics, study, qc_dir, out
         add_expression_run,
         add_mask_run,
         build_summary,
+        copies_summary,
         expression_html,
         mask_html,
         notes_for,
@@ -37,6 +38,11 @@ def report(sheet, tiles, gan_dir, gan_run, run_name, metrics, study, qc_dir, out
     summary["blend"] = {r: json.loads((eval_dir.parent / r / "blend_probability.json").read_text())
                         for r in [gan_run, *(expression_run or [])]
                         if (eval_dir.parent / r / "blend_probability.json").exists()}
+    runs = [gan_run, *(expression_run or []), *([mask_run] if mask_run else [])]
+    full = {r: json.loads((eval_dir.parent / r / "copies.json").read_text()) for r in runs
+            if (eval_dir.parent / r / "copies.json").exists()}
+    summary["copies"] = {r: copies_summary(c) for r, c in full.items()}
+    summary["copies_full"] = full  # for the HTML only; summary.json keeps copies_summary's view
     extra = []
     if expression_run and not expression_dir:
         raise UserError("--expression-run needs --expression-dir (results/expression)")
@@ -46,7 +52,7 @@ def report(sheet, tiles, gan_dir, gan_run, run_name, metrics, study, qc_dir, out
     if mask_run:
         add_mask_run(summary, mask_run, gan_dir.parent / mask_run, eval_dir.parent / mask_run)
         extra.append(mask_html(summary, mask_run, gan_dir.parent / mask_run, eval_dir.parent / mask_run))
-    write_summary_json(summary, out_json)
+    write_summary_json({k: v for k, v in summary.items() if k != "copies_full"}, out_json)
     thumbs = {sid: Path(qc_dir) / f"{sid}.png" for sid in sheet["slide_id"]}
     write_html(summary, out_html, gan_run=gan_run, gan_dir=gan_dir, eval_dir=eval_dir, classify_dir=Path(study).parent,
                qc_thumbs=thumbs, notes=notes_for(run_name, metrics_json), extra_sections=extra)

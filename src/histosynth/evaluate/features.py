@@ -19,6 +19,8 @@ import torch
 from histosynth.evaluate.fetch_weights import INCEPTION_URL
 from histosynth.utils import UserError
 
+FOUNDATION = ("uni", "phikon")  # pathology foundation encoders (histosynth.evaluate.foundation)
+
 
 def inception_extractor(weights_path):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -43,21 +45,34 @@ def inception_features(extractor, tiles_uint8: np.ndarray, batch=64, device="cpu
     return torch.cat(out).numpy()
 
 
-def extract(indexes: list, extractor: str, opts: dict, reference: str, device="cpu", cache_dir=None,
-            write_cache: bool = False) -> list:
-    """Features of each index's tiles by `extractor` (inception-v3 | domain), with the network
-    loaded and its weights hashed once; taken from the cache folder `cache_dir` where it holds
-    them, and written into it too with `write_cache` (see histosynth.evaluate.cache)."""
-    from histosynth.evaluate.cache import cached_features, file_digest
+def extractor_function(extractor: str, opts: dict, reference: str, device="cpu"):
+    """(id, fn) of an extractor: `fn(tiles_uint8) -> (n, d) features`, and an id naming the network
+    and a hash of its weights (the feature cache's key), the network loaded once."""
+    from histosynth.evaluate.cache import file_digest
 
     if extractor == "domain":
         from histosynth.classify.model import features
         from histosynth.classify.study import load_reference
 
         model, _, _ = load_reference(reference, device)
-        ex_id, fn = f"domain-{file_digest(reference)}", lambda x: features(model, x, device)
-    else:
-        ext = inception_extractor(opts["inception_weights"])
-        ex_id = f"inception-v3-{file_digest(opts['inception_weights'])}"
-        fn = lambda x: inception_features(ext, x, device=device)  # noqa: E731
+        return f"domain-{file_digest(reference)}", lambda x: features(model, x, device)
+    if extractor in FOUNDATION:
+        from histosynth.evaluate.foundation import foundation_extractor
+
+        path = opts.get(f"{extractor.replace('-', '_')}_weights")
+        net = foundation_extractor(extractor, path, device)
+        return f"{extractor}-{file_digest(path)}", net
+    ext = inception_extractor(opts["inception_weights"])
+    return (f"inception-v3-{file_digest(opts['inception_weights'])}",
+            lambda x: inception_features(ext, x, device=device))
+
+
+def extract(indexes: list, extractor: str, opts: dict, reference: str, device="cpu", cache_dir=None,
+            write_cache: bool = False) -> list:
+    """Features of each index's tiles by `extractor`, with the network loaded and its weights
+    hashed once; taken from the cache folder `cache_dir` where it holds them, and written into it
+    too with `write_cache` (see histosynth.evaluate.cache)."""
+    from histosynth.evaluate.cache import cached_features
+
+    ex_id, fn = extractor_function(extractor, opts, reference, device)
     return [cached_features(index, ex_id, fn, cache_dir, write=write_cache) for index in indexes]

@@ -220,7 +220,8 @@ def expression_html(summary: dict, run: str, eval_dir, expression_dir) -> str:
                  + f"<p>Concordance: the reference classifier assigns {c['weak']:.1%} of these tiles to the class of the "
                    f"patient whose profile generated them ({c['strong']:.1%} strongly).</p>" + concordance_warning(c)
                  + (verdict_html(summary["verdict"][run]) if run in summary.get("verdict", {}) else "")
-                 + colour_html((summary.get("colour") or {}).get(run)))
+                 + colour_html((summary.get("colour") or {}).get(run))
+                 + copies_html((summary.get("copies_full") or {}).get(run), eval_dir))
     parts.append("<h3>Does the profile carry tissue information? (held-out test patients)</h3>"
                  "<p>For each test patient, tiles generated from its profile are compared with its own real tiles and, "
                  "at the same sample size, with each other test patient's real tiles; gap = FID(other) − FID(same), "
@@ -309,8 +310,43 @@ def mask_html(summary: dict, run: str, gan_dir, eval_dir) -> str:
                          "KID": m["kid_mean"], "precision": m["precision"], "recall": m["recall"], "n per side": m["n_real"],
                          "flag": "BELOW min_samples" if m["below_min_samples"] else ""})
     parts.append("<h3>Generative metrics</h3>" + _table(rows, list(rows[0])))
+    parts.append(copies_html((summary.get("copies_full") or {}).get(run), eval_dir))
     parts.append("<p>Training: losses by kimg.</p>" + _img(eval_dir / "training.png"))
     return "".join(parts)
+
+
+def copies_summary(copies: dict) -> dict:
+    """The copy audit (copies.json) as summary.json keeps it: the verdict and, per feature space,
+    the nearest-neighbour test at the null's 1st percentile, C_T and authenticity."""
+    per = {}
+    for ex, r in copies["extractors"].items():
+        p1 = r["nearest_neighbour"]["p1"]
+        per[ex] = {"share_below_p1": p1["share"], "expected": p1["expected"], "p_value": p1["p_value"],
+                   "c_t": r["data_copying"]["c_t"], "authenticity": r["authenticity"]["generated"],
+                   "authenticity_heldout": r["authenticity"]["heldout"], "flagged": copies["n_flagged"].get(ex, 0)}
+    return {"verdict": copies["verdict"]["verdict"], "text": copies["verdict"]["text"],
+            "thresholds": copies["verdict"]["thresholds"], "n": copies["n"], "transforms": copies["transforms"],
+            "spaces": per}
+
+
+def copies_html(copies: dict | None, eval_dir) -> str:
+    """The copy audit's section: verdict, the tests per feature space and the closest pairs."""
+    if not copies:
+        return ""
+    s = copies_summary(copies)
+    rows = [{"space": ex, "below null's 1st pct.": f"{v['share_below_p1']:.1%} (expected {v['expected']:.0%})",
+             "binomial p": f"{v['p_value']:.2g}", "C_T": "-" if v["c_t"] is None else f"{v['c_t']:.2f}",
+             "authenticity": f"{v['authenticity']:.3f} (held-out {v['authenticity_heldout']:.3f})",
+             "flagged tiles": v["flagged"]} for ex, v in s["spaces"].items()]
+    n = s["n"]
+    cls = "warn" if s["verdict"] == "copying" else ""
+    return (f"<h3>Copy audit</h3><p>{n['audited']} generated tiles against {n['training']} training tiles "
+            f"({n['training_patients']} patients), with {n['heldout']} tiles of {n['heldout_patients']} held-out "
+            f"patients as the null, each tile searched in {copies['views']} views ({html.escape(s['transforms'])}). "
+            "A tile is flagged when it lies closer to a training tile than 99% of held-out patients' tiles do.</p>"
+            f"<p class='{cls}'><b>{html.escape(s['verdict'])}</b>: {html.escape(s['text'])}</p>"
+            + _table(rows, list(rows[0]) if rows else [])
+            + "<p>Closest pairs (generated, training):</p>" + _img(Path(eval_dir) / "copies.png", 640))
 
 
 def _crossing_text(t) -> str:
@@ -385,6 +421,7 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
     if gan_run in summary.get("verdict", {}):
         parts.append(verdict_html(summary["verdict"][gan_run]))
     parts.append(colour_html((summary.get("colour") or {}).get(gan_run)))
+    parts.append(copies_html((summary.get("copies_full") or {}).get(gan_run), eval_dir))
     for ex, m in summary["metrics"][gan_run].items():
         if m["fid"] <= m["fid_real_vs_real"] or m["kid_mean"] <= m["kid_real_vs_real"]:
             parts.append(f"<p class=warn>[{html.escape(ex)}] FID or KID is at or below the real-vs-real floor. The floor "
