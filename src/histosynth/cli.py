@@ -126,6 +126,12 @@ COMMANDS = {
                   ("--features", {"help": "the feature cache folder (features rule); read only"}),
                   ("--attributes", {"nargs": "*", "default": [], "help": "condition columns to report FID per value of "
                                                                          "(an attributes run's)"})]),
+    "export": ("histosynth.commands.export:export", "a run's generated tiles as a dataset (PNG class folders, "
+               "WebDataset shards or HDF5) with its card (DATASET.md, dataset.json)", ["export"],
+               ["--run", ("--format", {"required": True, "choices": ["imagefolder", "webdataset", "hdf5"]}), "--out",
+                ("--results", {"default": "results", "help": "the workflow's results folder (default: results)"}),
+                ("--config-digest", {"help": "SHA-256 of the resolved configuration (default: of --config's)"}),
+                ("--force", {"action": "store_true", "help": "replace --out if it holds anything"})]),
     "classify": ("histosynth.commands.classify:classify", "the augmentation study: real / synthetic / mixed arms",
                  ["classify"], ["--tiles", "--synthetic", "--network", "--outdir"]),
     "plot-training": ("histosynth.commands.report:plot_training", "a run's losses by kimg (stats.jsonl -> PNG)", [],

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import re
 import shlex
@@ -21,7 +22,13 @@ SLIDE_DIR = config["acquire"]["slide_dir"]  # downloads land in SLIDE_DIR/<slide
 # One GPU for the rules that run networks outside training (reference classifier, generation,
 # evaluation, the study) when the GAN is given GPUs: they use CUDA whenever it is visible.
 GPU_ONE = min(1, int(config["gan"]["gpus"]))
-AUDIT = config["evaluate"]["audit"]["enabled"]  # the copy audit of every run (rule audit_copies)
+AUDIT = config["evaluate"]["audit"][
+    "enabled"
+]  # the copy audit of every run (rule audit_copies)
+# the resolved configuration's SHA-256, recorded in exported datasets' cards
+CONFIG_DIGEST = hashlib.sha256(
+    json.dumps(config, sort_keys=True, default=str).encode()
+).hexdigest()
 
 # Every GAN run, whatever its kind (class, attributes, vector, expression, none, mask), resolved
 # once (histosynth.runs): the {run} wildcard ranges over their names.
@@ -349,6 +356,28 @@ def heldout_partitions(wildcards):
     """The partitions of patients the run's GAN never saw: the copy audit's null."""
     train = RUNS[wildcards.run].gan["train_partitions"]
     return " ".join(p for p in ("train", "val", "test") if p not in train)
+
+
+def export_inputs(wildcards):
+    """What the dataset card of a run's export reads: its tiles, network and options, its
+    evaluation (metrics, or layout fidelity for the mask run), its copy audit, the cohort.
+    """
+    run, mask = wildcards.run, wildcards.run == MASK_RUN
+    inputs = {
+        "synthetic": f"results/generate/{run}/synthetic.parquet",
+        "network": f"results/gan/{run}/network.pt",
+        "options": f"results/gan/{run}/training_options.json",
+        "evaluation": f"results/evaluate/{run}/{'layout' if mask else 'metrics'}.json",
+        "cohort": (
+            "results/masks/index.parquet" if mask else "results/split/tiles.parquet"
+        ),
+    }
+    if AUDIT:
+        inputs["copies"] = [
+            f"results/evaluate/{run}/copies.json",
+            f"results/evaluate/{run}/copies.parquet",
+        ]
+    return inputs
 
 
 def evaluate_inputs(wildcards):

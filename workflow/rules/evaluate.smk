@@ -167,3 +167,26 @@ rule audit_copies:
         "--reference {input.reference} --features {input.features} --run {wildcards.run} "
         "--train-partitions {params.train} --heldout-partitions {params.heldout} --out {output.json} "
         "--pairs {output.pairs} --flags {output.flags} > {log} 2>&1"
+
+
+rule export:
+    input:
+        unpack(export_inputs),
+    output:
+        directory("results/export/{run}/{format}"),
+    log:
+        "logs/export/{run}.{format}.log",
+    wildcard_constraints:
+        format="imagefolder|webdataset|hdf5",
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        hs=HISTOSYNTH,
+        opts=opts("export"),
+        digest=CONFIG_DIGEST,
+    shell:
+        "{params.hs} -q export --options {params.opts:q} --run {wildcards.run} --format {wildcards.format} "
+        "--results results --config-digest {params.digest} --out {output} --force > {log} 2>&1"

@@ -39,3 +39,12 @@ rule evaluated:
 rule study:
     input:
         "results/classify/study.json",
+
+
+rule exported:
+    input:
+        expand(
+            "results/export/{run}/{format}",
+            run=list(RUNS),
+            format=config["export"]["formats"],
+        ),
