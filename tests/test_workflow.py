@@ -48,6 +48,12 @@ def test_summary_has_every_design_key_with_measured_values(workdir):
         assert g["crossing"] is None or 0 <= g["crossing"] <= 1
     assert set(s["blend"]) == {"stylegan2-class", "stylegan2-expression"} and "Blending analysed" in html
     assert (workdir / "results/evaluate/stylegan2-class/blend.mp4").read_bytes()[4:8] == b"ftyp"
+    # the copy audit of every run: its verdict in summary.json and the report, the closest pairs embedded
+    assert set(s["copies"]) == {"stylegan2-class", "stylegan2-expression", "spade-layout"}
+    for r, c in s["copies"].items():
+        assert c["verdict"] in ("copying", "no evidence of copying") and set(c["spaces"]) == {"pixels", "domain"}
+        assert escape(c["text"]) in html and (workdir / f"results/evaluate/{r}/copies.png").exists()
+    assert html.count("<h3>Copy audit</h3>") == 3
 
 
 def test_mask_run_end_to_end(workdir):

@@ -61,9 +61,9 @@ def export(opts: dict, run: str, format: str, out, results: str = "results", con
 
     import torch
 
-    from histosynth.export.card import build_card, card_markdown
-    from histosynth.export.writers import FORMATS, write_hdf5, write_imagefolder, write_webdataset
     from histosynth.report.build import fidelity_verdict
+    from histosynth.report.card import build_card, card_markdown
+    from histosynth.report.dataset import FORMATS, write_hdf5, write_imagefolder, write_webdataset
     from histosynth.slides.store import read_index
 
     if format not in FORMATS:

@@ -32,7 +32,7 @@ def _metric_rows(metrics: dict) -> dict:
 def build_card(*, run: str, fmt: str, files: list, exported, n_generated: int, network: dict, evaluation: dict,
                cohort: dict, copies: dict | None, dropped: int, config_digest: str | None, version: str) -> dict:
     """The card as a dict. `exported`: the index of the exported tiles; `network`: what
-    histosynth.export.run reads of network.pt; `evaluation`: metrics (and verdict, concordance,
+    histosynth.commands.export reads of network.pt; `evaluation`: metrics (and verdict, concordance,
     layout) of the run; `cohort`: the training cohort's counts."""
     classes = (exported["label"].astype(str).value_counts().sort_index().to_dict()
                if "label" in exported.columns else {})

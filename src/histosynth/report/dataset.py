@@ -1,6 +1,6 @@
-"""Dataset writers. Each takes the tiles' index (rows: store, page, and the metadata columns
-kept in the dataset) and writes into an empty folder; the tiles are read from their stores
-`chunk` at a time, so a large run never sits in memory at once.
+"""Dataset writers of the export (histosynth export). Each takes the tiles' index (rows: store,
+page, and the metadata columns kept in the dataset) and writes into an empty folder; the tiles
+are read from their stores `chunk` at a time, so a large run never sits in memory at once.
 
 * ``imagefolder``: ``<label>/<name>.png`` per tile and ``metadata.csv`` (``file_name`` relative
   to the folder, then the metadata columns), the layout torchvision's ImageFolder and Hugging
