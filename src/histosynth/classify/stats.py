@@ -75,3 +75,59 @@ def arm_metrics(pred: pd.DataFrame, n_boot=1000, seed=0) -> dict:
     out["n_test_patients"] = int(len(patients))
     out["n_test_tiles"] = int(len(pred) // max(out["n_seeds"], 1))
     return out
+
+
+PAIRED_KEYS = ("auc", "balanced_accuracy")
+
+
+def paired_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, n_boot=1000, seed=0, keys=PAIRED_KEYS) -> dict:
+    """Arm A minus arm B on the same test tiles and seeds: for each metric the difference of the
+    seed-averaged values, its 95% interval from a paired bootstrap over test patients (each
+    replicate draws patients with replacement, stratified by class, and recomputes *both* arms
+    on them, so the patients' shared difficulty cancels), and a two-sided p-value for no
+    difference (the share of replicates whose difference lies as far from the observed one as
+    the observed one lies from 0: the bootstrap distribution shifted to the null)."""
+    key = ["seed", "patient_id", "y"]
+    for p in (pred_a, pred_b):
+        if not {"seed", "patient_id", "y"} <= set(p.columns):
+            raise ValueError("paired_difference: predictions need seed, patient_id and y")
+    a = pred_a.reset_index(drop=True)
+    b = pred_b.reset_index(drop=True)
+    if len(a) != len(b) or not a[key].equals(b[key]):
+        raise ValueError("paired_difference: the arms were not tested on the same tiles and seeds in the same order")
+    pcols = sorted([c for c in a.columns if c.startswith("p") and c[1:].isdigit()], key=lambda c: int(c[1:]))
+    y = a["y"].to_numpy()
+    pa, pb = a[pcols].to_numpy(), b[pcols].to_numpy()
+    seed_rows = [np.flatnonzero(a["seed"].to_numpy() == s) for s in sorted(a["seed"].unique())]
+
+    def diff(rows_of_seed):
+        da = [tile_metrics(y[r], pa[r]) for r in rows_of_seed]
+        db = [tile_metrics(y[r], pb[r]) for r in rows_of_seed]
+        return {k: float(np.mean([m[k] for m in da]) - np.mean([m[k] for m in db])) for k in keys}
+
+    point = diff(seed_rows)
+    patients = a.groupby("patient_id")["y"].first()
+    by_class = [patients.index[patients == c].to_numpy() for c in sorted(patients.unique())]
+    pid = a["patient_id"].to_numpy()
+    rows = {p: [r[pid[r] == p] for r in seed_rows] for p in patients.index}
+    rng = np.random.default_rng(seed)
+    boot = {k: [] for k in keys}
+    for _ in range(n_boot):
+        chosen = np.concatenate([rng.choice(ids, len(ids), replace=True) for ids in by_class])
+        d = diff([np.concatenate([rows[p][k] for p in chosen]) for k in range(len(seed_rows))])
+        for k in keys:
+            boot[k].append(d[k])
+    out = {}
+    for k in keys:
+        vals = np.asarray(boot[k])
+        vals = vals[np.isfinite(vals)]
+        out[k] = point[k]
+        if len(vals) and np.isfinite(point[k]):
+            out[f"{k}_ci95"] = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+            out[f"{k}_p"] = float(min(1.0, (np.abs(vals - point[k]) >= abs(point[k]) - 1e-12).mean()))
+        else:
+            out[f"{k}_ci95"], out[f"{k}_p"] = [None, None], None
+    out["n_test_patients"] = int(len(patients))
+    out["n_seeds"] = len(seed_rows)
+    out["n_boot"] = int(n_boot)
+    return out

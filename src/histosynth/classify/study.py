@@ -60,6 +60,27 @@ def arm_names(opts):
     return names
 
 
+def comparisons(opts) -> list[tuple[str, str]]:
+    """The paired comparisons of the study: every arm against the real-only arm of the same real
+    fraction (arm names as arm_names gives them)."""
+    names = arm_names(opts)
+    out = []
+    for frac in opts["real_fractions"]:
+        same = [n for n, _, _, f in names if f == frac]
+        base = next((n for n, kind, _, f in names if f == frac and kind == "real"), None)
+        if base is not None:
+            out += [(n, base) for n in same if n != base]
+    return out
+
+
+def arm_differences(pred: pd.DataFrame, opts) -> dict:
+    """{"A - B": paired_difference} for the study's comparisons (histosynth.classify.stats)."""
+    from histosynth.classify.stats import paired_difference
+
+    return {f"{a} - {b}": paired_difference(pred[pred["arm"] == a], pred[pred["arm"] == b], n_boot=opts["bootstrap"])
+            for a, b in comparisons(opts)}
+
+
 def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patients, opts: dict, device="cpu",
               progress=True):
     """Returns (predictions DataFrame, {arm: metrics}). `gan_training_patients`: the patients whose

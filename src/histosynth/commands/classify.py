@@ -22,7 +22,7 @@ def train_reference(opts: dict, tiles, out):
 
 
 def classify(opts: dict, tiles, synthetic, network, outdir, progress=True):
-    from histosynth.classify.study import run_study
+    from histosynth.classify.study import arm_differences, run_study
     from histosynth.evaluate.run import check_field_of_view
     from histosynth.gan.checkpoint import read_metadata
     from histosynth.report.plots import study_plot
@@ -37,8 +37,13 @@ def classify(opts: dict, tiles, synthetic, network, outdir, progress=True):
     outdir = Path(outdir)
     write_index(pred, outdir / "predictions.parquet")
     study_plot(metrics, outdir / "study.png")
-    write_json(outdir / "study.json", {"classes": classes, "metrics": metrics, "options": opts,
+    differences = arm_differences(pred, opts)
+    write_json(outdir / "study.json", {"classes": classes, "metrics": metrics, "differences": differences,
+                                       "options": opts,
                                        "gan_training_patients_known": seen is not None,
                                        "imported_network": meta.get("imported")})
     for k, m in metrics.items():
         log.info("%-16s AUC %.3f [%.3f, %.3f]  bal.acc %.3f", k, m["auc"], *m["auc_ci95"], m["balanced_accuracy"])
+    for k, d in differences.items():
+        log.info("%-24s AUC difference %+.3f, 95%% CI %s, p %s (paired over test patients and seeds)", k, d["auc"],
+                 d["auc_ci95"], d["auc_p"])

@@ -166,6 +166,7 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
         "colour": {gan_run: metrics.get("colour")},
         "verdict": {gan_run: fidelity_verdict(ev, metrics["concordance"], metrics.get("colour"))},
         "classifier": study["metrics"],
+        "classifier_differences": study.get("differences") or {},
         "study_gan_patients_known": study.get("gan_training_patients_known", True),
     }
 
@@ -452,6 +453,19 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
              "test patients": m["n_test_patients"], "real train tiles": m["n_train_real"],
              "synthetic train tiles": m["n_train_synthetic"]} for a, m in summary["classifier"].items()]
     parts.append(_table(rows, list(rows[0]) if rows else []))
+    diffs = summary.get("classifier_differences") or {}
+    if diffs:
+        rows = [{"comparison": k, "AUC difference": d["auc"], "AUC diff. 95% CI": d["auc_ci95"] if d["auc_ci95"][0]
+                 is not None else "n/a", "p (AUC)": "n/a" if d["auc_p"] is None else f"{d['auc_p']:.3g}",
+                 "bal. acc. difference": d["balanced_accuracy"], "bal. acc. diff. 95% CI": d["balanced_accuracy_ci95"],
+                 "p (bal. acc.)": "n/a" if d["balanced_accuracy_p"] is None else f"{d['balanced_accuracy_p']:.3g}"}
+                for k, d in diffs.items()]
+        parts.append("<h3>Paired differences</h3><p>Each arm against real tiles alone, on the same test patients and "
+                     "seeds: the difference of the seed-averaged metric, its 95% interval from a paired bootstrap over "
+                     "test patients (both arms recomputed on each replicate's patients) and a two-sided p-value for no "
+                     "difference. This, not the overlap of the arms' own intervals, says whether an arm differs; "
+                     "with few test patients the smallest attainable p-value is large.</p>"
+                     + _table(rows, list(rows[0])))
     parts.append(f"<p>{html.escape(notes.get('study', ''))}</p>")
     parts.extend(extra_sections)
     css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
@@ -472,7 +486,8 @@ def notes_for(run_name: str, metrics: dict) -> dict:
             "reals are to each other.",
             "study": "Each arm: same architecture and number of steps, several seeds; metrics on tiles of held-out test "
             "patients (never seen by the GAN or any classifier), averaged over seeds; 95% CIs from a bootstrap over test "
-            "patients. With few test patients the intervals are wide: overlapping intervals do not show a difference."}
+            "patients. With few test patients the intervals are wide; whether two arms differ is read from the "
+            "paired differences."}
 
 
 def write_summary_json(summary, path):
