@@ -381,3 +381,53 @@ def test_paired_difference_covers_a_known_difference_and_is_zero_for_identical_a
     assert same["auc"] == 0 and same["auc_ci95"] == [0.0, 0.0] and same["auc_p"] == 1.0
     with pytest.raises(ValueError, match="same tiles"):
         paired_difference(a, a.iloc[::-1], n_boot=10)
+
+
+def test_hed_jitter_is_the_identity_at_zero_strength_and_stays_in_range():
+    import torch
+
+    from histosynth.classify.model import _augment, hed_jitter
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    assert torch.allclose(hed_jitter(x, g, 0.0), x, atol=1e-5)
+    he = torch.tensor([[230, 150, 200], [120, 60, 160], [250, 245, 250]], dtype=torch.float32)
+    tiles = (he.view(3, 3, 1, 1).expand(3, 3, 8, 8) / 127.5 - 1).contiguous()
+    for sigma in (0.05, 0.2):
+        z = hed_jitter(tiles, g, sigma)
+        assert z.min() >= -1 and z.max() <= 1
+        change = float((z - tiles).abs().mean() * 127.5)
+        assert 0.5 < change < 40, (sigma, change)  # a stain shift, not noise or a new image
+    assert torch.equal(_augment(x, g, "none"), x)
+    flipped = _augment(x, torch.Generator().manual_seed(1), "flips_hed", 0.0)
+    assert not torch.equal(flipped, x) and torch.allclose(flipped.flatten(1).sort(1)[0], x.flatten(1).sort(1)[0],
+                                                          atol=1e-5)  # dihedral only: the same pixels
+
+
+def test_augmentation_only_arms_are_compared_with_every_synthetic_arm(tmp_path):
+    from histosynth.classify.study import arm_differences, best_baselines, comparisons, run_study
+
+    opts = validate({"classify": {"arch": "shufflenet_v2_x0_5", "steps": 4, "batch": 8, "seeds": [0, 1],
+                                  "synthetic_ratio": [1], "bootstrap": 100, "real_fractions": [1.0, 0.5]}})["classify"]
+    assert opts["arms"] == ["real", "real_noaug", "real_hed", "synthetic", "mixed"]
+    pairs = comparisons(opts)
+    assert ("mixed_x1", "real") in pairs and ("mixed_x1", "real_hed") in pairs and ("real_hed", "real") in pairs
+    assert ("synthetic@50%", "real_noaug@50%") in pairs and ("real", "real_hed") not in pairs
+    index, _, _ = toy_index(tmp_path, 24)
+    index["partition"] = np.where(index["patient_id"].str.startswith(("p0", "p1")), "test", "train")
+    opts = dict(opts, real_fractions=[1.0], seeds=[0])
+    pairs = comparisons(opts)
+    pred, metrics, _ = run_study(index, index[index["partition"] == "train"], [], opts, progress=False)
+    assert {"real", "real_noaug", "real_hed", "synthetic", "mixed_x1"} <= set(metrics)
+    for arm in ("real", "real_noaug", "real_hed"):
+        assert metrics[arm]["n_train_synthetic"] == 0 and metrics[arm]["n_train_real"] > 0
+    # the three real-only arms see the same tiles and differ only in their augmentation
+    p = {a: pred.loc[(pred["arm"] == a) & (pred["seed"] == 0), "p0"].to_numpy() for a in ("real", "real_noaug", "real_hed")}
+    assert not np.allclose(p["real"], p["real_noaug"]) and not np.allclose(p["real"], p["real_hed"])
+    diffs = arm_differences(pred, opts)
+    assert set(diffs) == {f"{a} - {b}" for a, b in pairs}
+    best = best_baselines(metrics, opts)
+    assert set(best) == {"1"} and best["1"]["best_baseline"] in ("real", "real_noaug", "real_hed")
+    assert best["1"]["auc"] == max(metrics[a]["auc"] for a in ("real", "real_noaug", "real_hed"))
+    assert set(best["1"]["comparisons"]) == {f"{a} - {best['1']['best_baseline']}" for a in ("synthetic", "mixed_x1")}
+    assert set(best["1"]["comparisons"]) <= set(diffs)

@@ -28,13 +28,18 @@ def test_summary_has_every_design_key_with_measured_values(workdir):
     assert set(m["per_class_fid"]) == {"normal", "tumor"} and m["below_min_samples"] is True
     c = s["concordance"]["stylegan2-class"]
     assert 0 <= c["weak"] <= 1 and 0 <= c["strong"] <= 1
-    assert set(s["classifier"]) == {"real", "synthetic", "mixed_x1"}
+    assert set(s["classifier"]) == {"real", "real_noaug", "real_hed", "synthetic", "mixed_x1"}
+    d = s["classifier_differences"]["mixed_x1 - real"]
+    assert d["auc_ci95"][0] <= d["auc"] <= d["auc_ci95"][1] and 0 <= d["auc_p"] <= 1
+    best = s["classifier_baselines"]["1"]["best_baseline"]
+    assert f"mixed_x1 - {best}" in s["classifier_differences"]
     for v in s["classifier"].values():
         assert 0 <= v["auc"] <= 1 and v["auc_ci95"][0] <= v["auc"] <= v["auc_ci95"][1] and v["n_seeds"] == 2
         assert "accuracy" in v and "f1" in v
     assert s["classifier"]["real"]["n_train_synthetic"] == 0 and s["classifier"]["synthetic"]["n_train_real"] == 0
     html = (workdir / "results/report/summary.html").read_text()
     assert "data:image/png;base64" in html and "real-vs-real" in html and "BELOW min_samples" in html
+    assert "Paired differences" in html and "Against the best augmentation-only arm" in html
     # each StyleGAN2 run's verdict in words, from its FID against the floor and its concordance
     assert set(s["verdict"]) == {"stylegan2-class", "stylegan2-expression"}
     for v in s["verdict"].values():

@@ -1,14 +1,20 @@
 """The augmentation study: does adding synthetic tiles help a classifier on real patients?
 
 Arms (``classify.arms``):
-  real                 the real training tiles only
+  real                 the real training tiles only, with flips, rotations and brightness/contrast
+                       jitter (every arm's augmentation)
+  real_noaug           the real training tiles with no augmentation
+  real_hed             the real training tiles with flips, rotations and H&E stain jitter (Tellez
+                       et al. 2019; ``classify.hed_sigma``)
   synthetic            synthetic tiles only, as many as there are real training tiles
   mixed                real + ``r`` x as many synthetic tiles, one arm per ratio r
   (each also at the ``classify.real_fractions`` < 1: a low-data setting keeping that share
   of the training *patients*, drawn per seed)
 
 Every arm trains the same architecture for the same number of steps and is tested on the same
-held-out real test patients, which neither the GAN nor any classifier saw (checked)."""
+held-out real test patients, which neither the GAN nor any classifier saw (checked). The
+real-only arms are the augmentation-only baselines: a synthetic gain counts against the best of
+them, not only against ``real``."""
 from __future__ import annotations
 
 import logging
@@ -23,6 +29,9 @@ from histosynth.split.patients import check_disjoint
 from histosynth.utils import UserError
 
 log = logging.getLogger(__name__)
+
+# real-only arms (augmentation-only baselines) and the augmentation each trains with
+REAL_ARMS = {"real": "flips_jitter", "real_noaug": "none", "real_hed": "flips_hed"}
 
 
 def _labels(df, classes, target="label", what="tiles"):
@@ -61,15 +70,36 @@ def arm_names(opts):
 
 
 def comparisons(opts) -> list[tuple[str, str]]:
-    """The paired comparisons of the study: every arm against the real-only arm of the same real
-    fraction (arm names as arm_names gives them)."""
+    """The paired comparisons of the study, per real fraction: every arm against ``real``, and
+    the synthetic and mixed arms against each other augmentation-only arm (real_noaug,
+    real_hed), so the best baseline's comparison is there whichever it turns out to be."""
     names = arm_names(opts)
     out = []
     for frac in opts["real_fractions"]:
-        same = [n for n, _, _, f in names if f == frac]
-        base = next((n for n, kind, _, f in names if f == frac and kind == "real"), None)
-        if base is not None:
-            out += [(n, base) for n in same if n != base]
+        same = [(n, kind) for n, kind, _, f in names if f == frac]
+        bases = [n for n, kind in same if kind in REAL_ARMS]
+        base = next((n for n, kind in same if kind == "real"), None)
+        for n, kind in same:
+            if base is not None and n != base:
+                out.append((n, base))
+            if kind not in REAL_ARMS:
+                out += [(n, b) for b in bases if b != base]
+    return out
+
+
+def best_baselines(metrics: dict, opts) -> dict:
+    """Per real fraction, the augmentation-only arm of highest AUC and, for each synthetic and
+    mixed arm, the name of its paired comparison with it."""
+    out = {}
+    names = arm_names(opts)
+    for frac in opts["real_fractions"]:
+        bases = [n for n, kind, _, f in names if f == frac and kind in REAL_ARMS and n in metrics]
+        if not bases:
+            continue
+        best = max(bases, key=lambda n: np.nan_to_num(metrics[n]["auc"], nan=-1))  # ties: the first listed
+        out[f"{frac:g}"] = {"best_baseline": best, "auc": metrics[best]["auc"],
+                            "comparisons": [f"{n} - {best}" for n, kind, _, f in names
+                                            if f == frac and kind not in REAL_ARMS]}
     return out
 
 
@@ -103,7 +133,7 @@ def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patient
     x_syn, y_syn = load_tiles(synthetic), _labels(synthetic, classes, target, "synthetic tiles")
     preds, metrics = [], {}
     arms = arm_names(opts)
-    ratios = [r if k == "mixed" else 1.0 for _, k, r, _ in arms if k != "real"]
+    ratios = [r if k == "mixed" else 1.0 for _, k, r, _ in arms if k not in REAL_ARMS]
     need = int(round(max(ratios, default=0) * len(train)))
     if need > len(synthetic):
         raise UserError(f"the study needs up to {need} synthetic tiles (ratio {max(ratios)} x {len(train)} real training "
@@ -115,7 +145,7 @@ def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patient
         pats = low_data_patients(train, classes, frac, rng, target)
         real_idx = np.flatnonzero(train["patient_id"].isin(pats).to_numpy())
         n_real = len(real_idx)
-        n_syn = 0 if kind == "real" else int(round((ratio if kind == "mixed" else 1.0) * n_real))
+        n_syn = 0 if kind in REAL_ARMS else int(round((ratio if kind == "mixed" else 1.0) * n_real))
         if n_syn > len(synthetic):
             raise UserError(f"arm {name} needs {n_syn} synthetic tiles but only {len(synthetic)} were generated; "
                             f"raise generate.per_class")
@@ -127,7 +157,8 @@ def run_study(tiles: pd.DataFrame, synthetic: pd.DataFrame, gan_training_patient
         if n_syn:
             parts_x.append(x_syn[syn_idx])
             parts_y.append(y_syn[syn_idx])
-        model = clf.train(np.concatenate(parts_x), np.concatenate(parts_y), len(classes), opts, seed, device)
+        model = clf.train(np.concatenate(parts_x), np.concatenate(parts_y), len(classes), opts, seed, device,
+                          augment=REAL_ARMS.get(kind, "flips_jitter"))
         prob = clf.predict(model, x_test, device)
         p = pd.DataFrame(prob, columns=[f"p{i}" for i in range(len(classes))])
         p["y"] = y_test

@@ -22,7 +22,7 @@ def train_reference(opts: dict, tiles, out):
 
 
 def classify(opts: dict, tiles, synthetic, network, outdir, progress=True):
-    from histosynth.classify.study import arm_differences, run_study
+    from histosynth.classify.study import arm_differences, best_baselines, run_study
     from histosynth.evaluate.run import check_field_of_view
     from histosynth.gan.checkpoint import read_metadata
     from histosynth.report.plots import study_plot
@@ -39,6 +39,7 @@ def classify(opts: dict, tiles, synthetic, network, outdir, progress=True):
     study_plot(metrics, outdir / "study.png")
     differences = arm_differences(pred, opts)
     write_json(outdir / "study.json", {"classes": classes, "metrics": metrics, "differences": differences,
+                                       "baselines": best_baselines(metrics, opts),
                                        "options": opts,
                                        "gan_training_patients_known": seen is not None,
                                        "imported_network": meta.get("imported")})

@@ -167,6 +167,7 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
         "verdict": {gan_run: fidelity_verdict(ev, metrics["concordance"], metrics.get("colour"))},
         "classifier": study["metrics"],
         "classifier_differences": study.get("differences") or {},
+        "classifier_baselines": study.get("baselines") or {},
         "study_gan_patients_known": study.get("gan_training_patients_known", True),
     }
 
@@ -466,6 +467,18 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                      "difference. This, not the overlap of the arms' own intervals, says whether an arm differs; "
                      "with few test patients the smallest attainable p-value is large.</p>"
                      + _table(rows, list(rows[0])))
+    for frac, b in (summary.get("classifier_baselines") or {}).items():
+        lines = []
+        for k in b["comparisons"]:
+            d = diffs.get(k)
+            if d and d["auc_ci95"][0] is not None:
+                lines.append(f"{html.escape(k)}: AUC {d['auc']:+.3f} (95% CI {d['auc_ci95'][0]:+.3f} to "
+                             f"{d['auc_ci95'][1]:+.3f}, p {d['auc_p']:.3g})")
+        if lines:
+            parts.append(f"<p><b>Against the best augmentation-only arm</b> ({html.escape(b['best_baseline'])}, AUC "
+                         f"{b['auc']:.3f}{'' if frac == '1' else f', real fraction {html.escape(frac)}'}): "
+                         + "; ".join(lines) + ". This is the comparison that says whether synthetic tiles add "
+                         "anything that standard augmentation does not.</p>")
     parts.append(f"<p>{html.escape(notes.get('study', ''))}</p>")
     parts.extend(extra_sections)
     css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
