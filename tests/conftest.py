@@ -61,7 +61,9 @@ def gdc_cohort(tmp_path_factory):
     for i, r in df.iterrows():
         data = (d / r["path"]).read_bytes()
         fid = str(uuid.UUID(int=1000 + i))
-        tss = "05" if r["label"] == "tumor" else "18"
+        # a tissue source site per patient, several per project as in TCGA (split.preserve_site)
+        tss = {"P000": "05", "P001": "44", "P002": "49", "P100": "18", "P101": "22", "P102": "33"}.get(
+            r["patient_id"], "05" if r["label"] == "tumor" else "18")
         case = f"TCGA-{tss}-{r['patient_id']}"
         name = f"{case}-01Z-00-DX{r['slide_id'][-1]}.{fid}.svs"
         records.append({"file_id": fid, "file_name": name, "md5sum": hashlib.md5(data).hexdigest(), "file_size": len(data),

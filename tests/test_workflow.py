@@ -203,6 +203,10 @@ def test_gdc_source_runs_the_dag_against_a_gdc_speaking_server(tmp_path, gdc_coh
     tiles = pd.read_parquet(tmp_path / "results/split/tiles.parquet")
     assert set(tiles["label"]) == {"TCGA-LUAD", "TCGA-LUSC"} and tiles["kept"].sum() > 20  # 4x4 tiles of 256 µm per 1 mm slide
     assert tiles.groupby("patient_id")["partition"].nunique().max() == 1
+    # the config's split.preserve_site: every tissue source site (the barcode's TSS) in one partition
+    assert tiles["site"].nunique() == 6 and tiles.groupby("site")["partition"].nunique().max() == 1
+    for label in ("TCGA-LUAD", "TCGA-LUSC"):
+        assert set(tiles.loc[tiles["label"] == label, "partition"]) == {"train", "val", "test"}
 
 
 def test_gtex_lung_brain_donors_with_both_tissues_stay_whole(tmp_path, gdc_cohort):

@@ -12,14 +12,22 @@ def split(opts: dict, sheet, indexes, out_split, out_tiles):
     from histosynth.acquire.manifest import read_sample_sheet
     from histosynth.slides.store import read_index, write_index
     from histosynth.split.patients import assign_tiles, split_patients
+    from histosynth.split.sites import site_table, split_by_site
     from histosynth.utils import atomic_path
 
     sheet = read_sample_sheet(sheet)
-    parts = split_patients(sheet, opts["test_fraction"], opts["val_fraction"], opts["seed"])
+    if opts["preserve_site"]:
+        parts = split_by_site(sheet, opts["test_fraction"], opts["val_fraction"])
+        log.info("site-preserved split (patients per site, partition and class):\n%s",
+                 site_table(parts).to_string(index=False))
+    else:
+        parts = split_patients(sheet, opts["test_fraction"], opts["val_fraction"], opts["seed"])
     tiles = pd.concat([read_index(p) for p in indexes], ignore_index=True)
     extra = [c for c in sheet.columns if c not in tiles.columns and c not in ("source", "md5", "size", "path")]
     if extra:
         tiles = tiles.merge(sheet[["slide_id"] + extra], on="slide_id", how="left")
+    if "site" in parts.columns and "site" not in tiles.columns:
+        tiles = tiles.merge(parts[["patient_id", "site"]], on="patient_id", how="left")
     tiles = assign_tiles(tiles, parts)
     with atomic_path(out_split) as tmp:
         parts.to_csv(tmp, sep="\t", index=False)

@@ -144,6 +144,19 @@ def verdict_html(v: dict) -> str:
     return f"<p class={cls}><b>Verdict</b>: {html.escape(v['text'])}</p>"
 
 
+def _sites(tiles: pd.DataFrame) -> list[dict]:
+    """Patients per site, partition and class, where the tiles carry a site (split.preserve_site,
+    or a site column in the sample sheet)."""
+    if "site" not in tiles.columns or "partition" not in tiles.columns:
+        return []
+    pats = tiles.drop_duplicates("patient_id")[["site", "partition", "patient_id"]].merge(
+        tiles.groupby("patient_id")["label"].agg(lambda v: "|".join(sorted(set(map(str, v))))).reset_index(),
+        on="patient_id")
+    t = pats.groupby(["site", "partition", "label"]).size().unstack(fill_value=0)
+    return [{"site": str(site), "partition": part, **{str(c): int(v) for c, v in row.items()}}
+            for (site, part), row in t.iterrows()]
+
+
 def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_dir, metrics: dict, study: dict) -> dict:
     kept = tiles[tiles["kept"]]
     per_slide = kept.groupby("slide_id").size().reindex(sheet["slide_id"], fill_value=0)
@@ -156,7 +169,8 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
                    "rejected": {k: int(v) for k, v in tiles.loc[~tiles["kept"], "reject_reason"].value_counts().items()},
                    "patients": int(sheet["patient_id"].nunique()),
                    "md5_published": int((sheet.get("md5_checked_against", pd.Series(dtype=str)) == "published").sum()),
-                   "partitions": {k: int(v) for k, v in kept.groupby("partition")["patient_id"].nunique().items()}},
+                   "partitions": {k: int(v) for k, v in kept.groupby("partition")["patient_id"].nunique().items()},
+                   "sites": _sites(tiles)},
         "gan": {gan_run: {"kimg": stats[-1]["kimg"] if stats else 0, "resolution": opts["resolution"],
                           "conditioning": opts["conditioning"], "n_train_tiles": opts["n_train_tiles"],
                           "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"],
@@ -366,6 +380,9 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                  f"results/acquire/slides.verified.tsv); {s['tiles']} tiles kept. "
                  f"Patients per partition: {html.escape(json.dumps(s['partitions']))}. "
                  f"Rejected tiles by filter: {html.escape(json.dumps(s['rejected']))}.</p>")
+    if s.get("sites"):
+        parts.append("<p>Patients per tissue source site, partition and class (every site in one partition: "
+                     "split.preserve_site):</p>" + _table(s["sites"], list(s["sites"][0])))
     if s["zero_tile_slides"]:
         parts.append(f"<p class=warn><b>Slides with zero tiles:</b> {html.escape(', '.join(s['zero_tile_slides']))}</p>")
     else:
