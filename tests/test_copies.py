@@ -101,6 +101,7 @@ def test_nn_test_binomial_and_verdict_on_known_answers():
     res_fresh, _ = C.audit_features(train, [fresh], [held], opts={"cells": 5, "min_cell": 10})
     assert tiles["below_p1"][:150].all() and tiles["below_p1"][150:].mean() < 0.05
     assert C.verdict({"x": res_copy})["verdict"] == "copying"
+    assert C.verdict({"domain": res_copy})["verdict"] == "no evidence of copying"  # reported, not voting
     v = C.verdict({"x": res_fresh})
     assert v["verdict"] == "no evidence of copying" and v["thresholds"]["tests"] == 1
     assert res_copy["authenticity"]["generated"] < res_fresh["authenticity"]["generated"]

@@ -44,7 +44,7 @@ def test_demo_figures_and_report_from_a_finished_run(e2e_workdir):
     cls = d["runs"]["stylegan2-class"]
     assert cls["device"] == "cpu" and cls["img_per_sec"] > 0 and cls["fid"] is not None
     assert cls["fid_real_vs_real"] is not None and 0 <= cls["concordance"] <= 1
-    assert set(d["study"]) == {"real", "synthetic", "mixed_x1"}
+    assert set(d["study"]) == {"real", "real_noaug", "real_hed", "synthetic", "mixed_x1"}
     md = markdown({"environment": {"python": "3.12", "torch": "2.x", "cpus": 16, "device": "cuda", "gpu": "H200",
                                    "gpu_memory_gib": 139.8}, "quick": False, "install_seconds": 20, "seconds": 500,
                    "steps": [{"step": "demo", "status": "PASS", "seconds": 120.0, "peak_rss_gib": 2.0}],

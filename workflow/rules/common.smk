@@ -54,6 +54,11 @@ for _name, _spec in RUNS.items():
             f"run {_name}: gan.resolution ({_spec.gan['resolution']}) must equal tiles.tile_px "
             f"({config['tiles']['tile_px']}): the GAN trains on the tiles as they are cut"
         )
+_unknown = sorted(set(config["export"]["runs"] or []) - set(RUNS))
+if _unknown:
+    raise ValueError(
+        f"export.runs names {_unknown}, which are not runs of this config; its runs: {', '.join(RUNS)}"
+    )
 # expression.matrix may be a URL: fetched once into resources/expression/ (rule fetch_expression)
 EXPRESSION_URL = (
     config["expression"]["matrix"]

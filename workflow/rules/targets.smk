@@ -45,6 +45,6 @@ rule exported:
     input:
         expand(
             "results/export/{run}/{format}",
-            run=list(RUNS),
+            run=config["export"]["runs"] or list(RUNS),
             format=config["export"]["formats"],
         ),

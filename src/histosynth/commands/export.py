@@ -102,7 +102,9 @@ def export(opts: dict, run: str, format: str, out, results: str = "results", con
                             f"export.allow_copying: true to export them anyway (the card says so)")
         if opts["drop_flagged"] and (ev_dir / "copies.parquet").exists():
             flags = read_index(ev_dir / "copies.parquet")
-            bad = set(zip(flags.loc[flags["below_p1"], "store"].astype(str), flags.loc[flags["below_p1"], "page"]))
+            voting = copies["verdict"].get("voting", sorted(flags["extractor"].unique()))
+            hit = flags["below_p1"] & flags["extractor"].isin(voting)  # flagged in a space that votes
+            bad = set(zip(flags.loc[hit, "store"].astype(str), flags.loc[hit, "page"]))
             keep = [k not in bad for k in zip(syn["store"].astype(str), syn["page"].astype(int))]
             dropped = int(len(syn) - sum(keep))
             syn = syn[keep].reset_index(drop=True)

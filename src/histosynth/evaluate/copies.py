@@ -243,16 +243,24 @@ def audit_features(train: np.ndarray, gen_views: list[np.ndarray], null_views: l
     return res, tiles
 
 
+# Spaces reported but not voting: the domain extractor is the reference classifier trained on the
+# very tiles the generator trained on, so its space sets training tiles apart from held-out
+# patients' by construction, and anything resembling the training patients looks closer there.
+NOT_VOTING = {"domain": "trained on the generator's training tiles: its distances favour them by construction"}
+
+
 def verdict(results: dict, alpha: float = 0.001, min_excess: float = 2.0, ct_threshold: float = -3.0) -> dict:
-    """Copying, or no evidence of copying, from every extractor's results ({extractor: results of
-    audit_features}). Evidence of copying, in any extractor: more generated tiles below the null's
-    1st percentile than expected, at least `min_excess` times the expected share and with a
-    binomial p-value below `alpha` divided by the number of such tests (Bonferroni: overall and per
-    class, over the extractors); or Meehan's C_T below `ct_threshold` (a weighted mean of Z
-    scores: -3 is a strong deviation). Authenticity is reported beside the held-out tiles' own and
-    does not decide the verdict (its level depends on how densely the training tiles lie)."""
-    tests = [(ex, "all", r["nearest_neighbour"]) for ex, r in results.items()]
-    tests += [(ex, c, t) for ex, r in results.items() for c, t in r["per_class"].items()]
+    """Copying, or no evidence of copying, from every space's results ({space: results of
+    audit_features}); the spaces of NOT_VOTING are reported, not counted. Evidence of copying, in
+    any voting space: more generated tiles below the null's 1st percentile than expected, at least
+    `min_excess` times the expected share and with a binomial p-value below `alpha` divided by the
+    number of such tests (Bonferroni: overall and per class, over the voting spaces); or Meehan's
+    C_T below `ct_threshold` (a weighted mean of Z scores: -3 is a strong deviation).
+    Authenticity is reported beside the held-out tiles' own and does not decide the verdict (its
+    level depends on how densely the training tiles lie)."""
+    voting = {ex: r for ex, r in results.items() if ex not in NOT_VOTING}
+    tests = [(ex, "all", r["nearest_neighbour"]) for ex, r in voting.items()]
+    tests += [(ex, c, t) for ex, r in voting.items() for c, t in r["per_class"].items()]
     level = alpha / max(1, len(tests))
     reasons = []
     for ex, group, t in tests:
@@ -261,18 +269,20 @@ def verdict(results: dict, alpha: float = 0.001, min_excess: float = 2.0, ct_thr
             reasons.append(f"[{ex}] {'' if group == 'all' else f'class {group}: '}{p['share']:.1%} of the generated "
                            f"tiles lie closer to a training tile than 99% of held-out patients' tiles do (expected "
                            f"{p['expected']:.0%}, binomial p = {p['p_value']:.2g})")
-    for ex, r in results.items():
+    for ex, r in voting.items():
         ct = r["data_copying"]["c_t"]
         if ct is not None and ct < ct_threshold:
             reasons.append(f"[{ex}] Meehan's C_T is {ct:.2f} (threshold {ct_threshold:g}): generated tiles lie closer "
                            f"to the training tiles than held-out patients' tiles do")
     copying = bool(reasons)
+    spaces = ", ".join(voting) or "none"
     text = ("Copying: " + "; ".join(reasons) + ". Look at the closest pairs, and do not share these tiles as "
             "patient-free data before the flagged ones are removed or the generator is retrained."
             if copying else
-            "No evidence of copying: generated tiles lie no closer to the training tiles than held-out patients' "
-            "tiles do, by the nearest-neighbour test and Meehan's C_T in every extractor. (Evidence, not proof: "
-            "copies the extractors cannot tell apart would not be seen.)")
+            f"No evidence of copying: generated tiles lie no closer to the training tiles than held-out patients' "
+            f"tiles do, by the nearest-neighbour test and Meehan's C_T in {spaces}. (Evidence, not proof: copies "
+            f"these spaces cannot tell apart would not be seen.)")
     return {"verdict": "copying" if copying else "no evidence of copying", "text": text, "reasons": reasons,
+            "voting": list(voting), "not_voting": {ex: NOT_VOTING[ex] for ex in results if ex in NOT_VOTING},
             "thresholds": {"alpha": alpha, "alpha_per_test": level, "tests": len(tests), "min_excess": min_excess,
                            "ct_threshold": ct_threshold, "percentile": PERCENTILES[0]}}

@@ -350,7 +350,9 @@ def copies_html(copies: dict | None, eval_dir) -> str:
     if not copies:
         return ""
     s = copies_summary(copies)
-    rows = [{"space": ex, "below null's 1st pct.": f"{v['share_below_p1']:.1%} (expected {v['expected']:.0%})",
+    voting = copies["verdict"].get("voting", list(s["spaces"]))
+    rows = [{"space": ex, "in the verdict": "yes" if ex in voting else "no (reported)",
+             "below null's 1st pct.": f"{v['share_below_p1']:.1%} (expected {v['expected']:.0%})",
              "binomial p": f"{v['p_value']:.2g}", "C_T": "-" if v["c_t"] is None else f"{v['c_t']:.2f}",
              "authenticity": f"{v['authenticity']:.3f} (held-out {v['authenticity_heldout']:.3f})",
              "flagged tiles": v["flagged"]} for ex, v in s["spaces"].items()]
@@ -361,6 +363,8 @@ def copies_html(copies: dict | None, eval_dir) -> str:
             f"patients as the null, each tile searched in {copies['views']} views ({html.escape(s['transforms'])}). "
             "A tile is flagged when it lies closer to a training tile than 99% of held-out patients' tiles do.</p>"
             f"<p class='{cls}'><b>{html.escape(s['verdict'])}</b>: {html.escape(s['text'])}</p>"
+            + "".join(f"<p>{html.escape(ex)} is reported, not counted: {html.escape(why)}.</p>"
+                      for ex, why in copies["verdict"].get("not_voting", {}).items())
             + _table(rows, list(rows[0]) if rows else [])
             + "<p>Closest pairs (generated, training):</p>" + _img(Path(eval_dir) / "copies.png", 640))
 
