@@ -92,6 +92,9 @@ def test_uni_from_its_published_layout(tmp_path, tiles):
     assert f.shape == (2, 1024)
     np.testing.assert_allclose(f, ref, atol=2e-5, rtol=1e-4)
     np.testing.assert_array_equal(f, ex(two))
+    from histosynth.evaluate.metrics import fid
+
+    assert abs(fid(f, f)) < 1e-6 * np.trace(np.cov(f, rowvar=False))
 
 
 def test_metrics_and_the_copy_audit_run_in_a_foundation_extractor(phikon_dir, tmp_path):

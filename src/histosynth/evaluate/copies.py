@@ -44,10 +44,10 @@ def pixel_features(tiles_uint8: np.ndarray, side: int = 32) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(tiles_uint8)).permute(0, 3, 1, 2).double() / 255
+    x = torch.from_numpy(np.ascontiguousarray(tiles_uint8)).permute(0, 3, 1, 2).float() / 255
     if x.shape[-1] != side or x.shape[-2] != side:
         x = F.interpolate(x, size=(side, side), mode="area")
-    return x.reshape(len(x), -1).numpy()
+    return x.reshape(len(x), -1).numpy()  # float32: 8 views of 10,000 tiles at 32 px are 1 GB
 
 
 def views(tiles_uint8: np.ndarray, n_views: int) -> list[np.ndarray]:
@@ -65,26 +65,40 @@ def views(tiles_uint8: np.ndarray, n_views: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for v in out]
 
 
-def nearest(query: np.ndarray, ref: np.ndarray, chunk: int = 2048):
-    """(distance, index) of each query row's nearest row of `ref` (Euclidean), searched in float64
-    matrix products on features centred on `ref`'s mean (|q|^2 + |r|^2 - 2 q.r loses the small
-    distances of near-copies to rounding when the features share a large common part); the
-    winner's distance is then recomputed directly."""
+def _centred32(x: np.ndarray, centre: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """float32 copy of `x` - `centre`, built a chunk at a time (no float64 copy of all of `x`)."""
+    out = np.empty(np.shape(x), np.float32)
+    for s in range(0, len(x), chunk):
+        out[s:s + chunk] = np.asarray(x[s:s + chunk], np.float64) - centre
+    return out
+
+
+def nearest(query: np.ndarray, ref: np.ndarray, chunk: int = 1024, candidates: int = 8):
+    """(distance, index) of each query row's nearest row of `ref` (Euclidean). Features are
+    centred on `ref`'s mean (|q|^2 + |r|^2 - 2 q.r would lose the small distances of near-copies
+    to rounding where the features share a large common part), the `candidates` nearest are found
+    in float32 matrix products, and the nearest of them is chosen by distances computed directly
+    in float64, which are the ones returned."""
     import torch
 
-    ref64 = np.asarray(ref, np.float64)
-    if len(ref64) == 0:
+    if len(ref) == 0:
         raise ValueError("nearest: the reference set is empty")
-    centre = ref64.mean(0)
-    r = torch.from_numpy(ref64 - centre)
-    q = torch.from_numpy(np.asarray(query, np.float64) - centre)
+    centre = np.asarray(ref).mean(0, dtype=np.float64)
+    r = torch.from_numpy(_centred32(ref, centre))
     rn = (r * r).sum(1)
-    idx = np.empty(len(q), np.int64)
-    for s in range(0, len(q), chunk):
-        qc = q[s:s + chunk]
-        idx[s:s + chunk] = ((qc * qc).sum(1, keepdim=True) + rn[None, :] - 2 * qc @ r.T).argmin(1).numpy()
-    diff = np.asarray(query, np.float64) - ref64[idx]
-    return np.sqrt((diff * diff).sum(1)), idx
+    k = min(candidates, len(ref))
+    dist, idx = np.empty(len(query)), np.empty(len(query), np.int64)
+    for s in range(0, len(query), chunk):
+        q64 = np.asarray(query[s:s + chunk], np.float64)
+        qc = torch.from_numpy((q64 - centre).astype(np.float32))
+        cand = ((qc * qc).sum(1, keepdim=True) + rn[None, :] - 2 * qc @ r.T).topk(k, dim=1, largest=False).indices
+        cand = cand.numpy()
+        diff = q64[:, None, :] - np.asarray(ref)[cand].astype(np.float64, copy=False)
+        d = np.sqrt((diff * diff).sum(-1))
+        best = d.argmin(1)
+        dist[s:s + chunk] = d[np.arange(len(d)), best]
+        idx[s:s + chunk] = cand[np.arange(len(d)), best]
+    return dist, idx
 
 
 def nearest_over_views(view_feats: list[np.ndarray], ref: np.ndarray):
@@ -181,22 +195,24 @@ def authenticity(train: np.ndarray, gen_d: np.ndarray, gen_idx: np.ndarray) -> t
     return float(auth.mean()) if len(auth) else float("nan"), auth
 
 
-def _nearest_other(train: np.ndarray, rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
+def _nearest_other(train: np.ndarray, rows: np.ndarray, chunk: int = 1024, candidates: int = 8) -> np.ndarray:
     """Distance of each training row in `rows` to its nearest other training row (searched as in
-    nearest())."""
+    nearest(), the row itself excluded)."""
     import torch
 
-    t64 = np.asarray(train, np.float64)
-    r = torch.from_numpy(t64 - t64.mean(0))
+    centre = np.asarray(train).mean(0, dtype=np.float64)
+    r = torch.from_numpy(_centred32(train, centre))
     rn = (r * r).sum(1)
+    k = min(candidates, len(train) - 1)
     out = np.empty(len(rows))
     for s in range(0, len(rows), chunk):
         own = np.asarray(rows[s:s + chunk])
         q = r[torch.from_numpy(own)]
         d2 = (q * q).sum(1, keepdim=True) + rn[None, :] - 2 * q @ r.T
         d2[torch.arange(len(own)), torch.from_numpy(own)] = float("inf")
-        diff = t64[own] - t64[d2.argmin(1).numpy()]
-        out[s:s + chunk] = np.sqrt((diff * diff).sum(1))
+        cand = d2.topk(k, dim=1, largest=False).indices.numpy()
+        diff = np.asarray(train[own], np.float64)[:, None, :] - np.asarray(train)[cand].astype(np.float64)
+        out[s:s + chunk] = np.sqrt((diff * diff).sum(-1)).min(1)
     return out
 
 
