@@ -42,28 +42,38 @@ def tile_metrics(y: np.ndarray, prob: np.ndarray) -> dict:
             "f1": float(np.mean(f1))}
 
 
+def _seed_rows(pred: pd.DataFrame) -> list:
+    """The rows of each seed, seeds in order."""
+    return [np.flatnonzero(pred["seed"].to_numpy() == s) for s in sorted(pred["seed"].unique())]
+
+
+def patient_replicates(pred: pd.DataFrame, seed_rows: list, n_boot: int, seed: int):
+    """Bootstrap replicates over test patients: each draws patients with replacement, stratified
+    by class, and yields the drawn patients' rows seed by seed (a list like `seed_rows`)."""
+    patients = pred.groupby("patient_id")["y"].first()
+    by_class = [patients.index[patients == c].to_numpy() for c in sorted(patients.unique())]
+    pid = pred["patient_id"].to_numpy()
+    rows = {p: [r[pid[r] == p] for r in seed_rows] for p in patients.index}  # each patient's rows per seed
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        chosen = np.concatenate([rng.choice(ids, len(ids), replace=True) for ids in by_class])
+        yield [np.concatenate([rows[p][k] for p in chosen]) for k in range(len(seed_rows))]
+
+
 def arm_metrics(pred: pd.DataFrame, n_boot=1000, seed=0) -> dict:
     """`pred`: one row per (seed, test tile) with columns seed, patient_id, y, p0..p{k-1}."""
     pcols = sorted([c for c in pred.columns if c.startswith("p") and c[1:].isdigit()], key=lambda c: int(c[1:]))
     y_all, p_all = pred["y"].to_numpy(), pred[pcols].to_numpy()
-    seed_rows = [np.flatnonzero(pred["seed"].to_numpy() == s) for s in sorted(pred["seed"].unique())]
+    seed_rows = _seed_rows(pred)
 
     def on(rows_of_seed):
         per_seed = [tile_metrics(y_all[r], p_all[r]) for r in rows_of_seed]
         return {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}, per_seed
 
     point, per_seed = on(seed_rows)
-    patients = pred.groupby("patient_id")["y"].first()
-    by_class = [patients.index[patients == c].to_numpy() for c in sorted(patients.unique())]
-    pid = pred["patient_id"].to_numpy()
-    # each patient's rows within each seed: a replicate is the chosen patients' rows, seed by seed
-    rows = {p: [r[pid[r] == p] for r in seed_rows] for p in patients.index}
-    rng = np.random.default_rng(seed)
     boot = {k: [] for k in point}
-    for _ in range(n_boot):
-        chosen = np.concatenate([rng.choice(ids, len(ids), replace=True) for ids in by_class])
-        m, _ = on([np.concatenate([rows[p][k] for p in chosen]) for k in range(len(seed_rows))])
-        for k, v in m.items():
+    for rows in patient_replicates(pred, seed_rows, n_boot, seed):
+        for k, v in on(rows)[0].items():
             boot[k].append(v)
     out = dict(point)
     for k, vals in boot.items():
@@ -72,7 +82,7 @@ def arm_metrics(pred: pd.DataFrame, n_boot=1000, seed=0) -> dict:
         out[f"{k}_ci95"] = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) else [None, None]
         out[f"{k}_seed_std"] = float(np.std([m[k] for m in per_seed]))
     out["n_seeds"] = int(pred["seed"].nunique())
-    out["n_test_patients"] = int(len(patients))
+    out["n_test_patients"] = int(pred["patient_id"].nunique())
     out["n_test_tiles"] = int(len(pred) // max(out["n_seeds"], 1))
     return out
 
@@ -98,7 +108,7 @@ def paired_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, n_boot=1000, s
     pcols = sorted([c for c in a.columns if c.startswith("p") and c[1:].isdigit()], key=lambda c: int(c[1:]))
     y = a["y"].to_numpy()
     pa, pb = a[pcols].to_numpy(), b[pcols].to_numpy()
-    seed_rows = [np.flatnonzero(a["seed"].to_numpy() == s) for s in sorted(a["seed"].unique())]
+    seed_rows = _seed_rows(a)
 
     def diff(rows_of_seed):
         da = [tile_metrics(y[r], pa[r]) for r in rows_of_seed]
@@ -106,15 +116,9 @@ def paired_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, n_boot=1000, s
         return {k: float(np.mean([m[k] for m in da]) - np.mean([m[k] for m in db])) for k in keys}
 
     point = diff(seed_rows)
-    patients = a.groupby("patient_id")["y"].first()
-    by_class = [patients.index[patients == c].to_numpy() for c in sorted(patients.unique())]
-    pid = a["patient_id"].to_numpy()
-    rows = {p: [r[pid[r] == p] for r in seed_rows] for p in patients.index}
-    rng = np.random.default_rng(seed)
     boot = {k: [] for k in keys}
-    for _ in range(n_boot):
-        chosen = np.concatenate([rng.choice(ids, len(ids), replace=True) for ids in by_class])
-        d = diff([np.concatenate([rows[p][k] for p in chosen]) for k in range(len(seed_rows))])
+    for rows in patient_replicates(a, seed_rows, n_boot, seed):  # the same patients for both arms
+        d = diff(rows)
         for k in keys:
             boot[k].append(d[k])
     out = {}
@@ -127,7 +131,7 @@ def paired_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, n_boot=1000, s
             out[f"{k}_p"] = float(min(1.0, (np.abs(vals - point[k]) >= abs(point[k]) - 1e-12).mean()))
         else:
             out[f"{k}_ci95"], out[f"{k}_p"] = [None, None], None
-    out["n_test_patients"] = int(len(patients))
+    out["n_test_patients"] = int(a["patient_id"].nunique())
     out["n_seeds"] = len(seed_rows)
     out["n_boot"] = int(n_boot)
     return out
