@@ -259,6 +259,10 @@ def audit_features(train: np.ndarray, gen_views: list[np.ndarray], null_views: l
     return res, tiles
 
 
+def _p(p: float) -> str:
+    return "< 1e-300" if p < 1e-300 else f"= {p:.2g}"
+
+
 # Spaces reported but not voting: the domain extractor is the reference classifier trained on the
 # very tiles the generator trained on, so its space sets training tiles apart from held-out
 # patients' by construction, and anything resembling the training patients looks closer there.
@@ -284,7 +288,7 @@ def verdict(results: dict, alpha: float = 0.001, min_excess: float = 2.0, ct_thr
         if p["share"] >= min_excess * p["expected"] and p["p_value"] < level:
             reasons.append(f"[{ex}] {'' if group == 'all' else f'class {group}: '}{p['share']:.1%} of the generated "
                            f"tiles lie closer to a training tile than 99% of held-out patients' tiles do (expected "
-                           f"{p['expected']:.0%}, binomial p = {p['p_value']:.2g})")
+                           f"{p['expected']:.0%}, binomial p {_p(p['p_value'])})")
     for ex, r in voting.items():
         ct = r["data_copying"]["c_t"]
         if ct is not None and ct < ct_threshold:

@@ -7,9 +7,9 @@ import json
 
 LIMITS = [
     "Synthetic, not real: every tile was drawn by a generative network. It shows no real patient, but the network "
-    "learned from real patients' tiles; the copy audit below is evidence, not proof, that none of them is reproduced.",
-    "Labels are the conditions the tiles were generated for, not annotations by a pathologist; the concordance below "
-    "says how often a classifier trained on real tiles agrees with them.",
+    "learned from real patients' tiles; the copy audit in this card is evidence, not proof, that none of them is reproduced.",
+    "Labels are the conditions the tiles were generated for, not annotations by a pathologist; the concordance in this "
+    "card says how often a classifier trained on real tiles agrees with them.",
     "Not for diagnosis, and not a substitute for real data when a model is validated: test models on real tiles of "
     "patients neither they nor this generator saw.",
     "The tiles inherit the training cohort's make-up (sites, scanners, stains, demographics) and its biases, and "
@@ -57,7 +57,9 @@ def build_card(*, run: str, fmt: str, files: list, exported, n_generated: int, n
         "copy_audit": None if copies is None else {
             "verdict": copies["verdict"]["verdict"], "text": copies["verdict"]["text"],
             "thresholds": copies["verdict"]["thresholds"], "n": copies["n"], "transforms": copies["transforms"],
-            "spaces": {ex: {"share_below_null_p1": r["nearest_neighbour"]["p1"]["share"],
+            "not_voting": copies["verdict"].get("not_voting", {}),
+            "spaces": {ex: {"in_verdict": ex in copies["verdict"].get("voting", list(copies["extractors"])),
+                            "share_below_null_p1": r["nearest_neighbour"]["p1"]["share"],
                             "expected": r["nearest_neighbour"]["p1"]["expected"],
                             "p_value": r["nearest_neighbour"]["p1"]["p_value"], "c_t": r["data_copying"]["c_t"],
                             "authenticity": r["authenticity"]["generated"],
@@ -124,11 +126,13 @@ def card_markdown(card: dict) -> str:
                   f"of {n['heldout_patients']} held-out patients as the null; views searched: {a['transforms']}. "
                   f"Tiles flagged (closer to a training tile than 99% of held-out patients' tiles) and left out of "
                   f"this dataset: {d['dropped_by_copy_audit']}.", "",
-                  "| space | below the null's 1st percentile | binomial p | Meehan's C_T | authenticity (held-out) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {ex} | {s['share_below_null_p1']:.1%} (expected {s['expected']:.0%}) | {s['p_value']:.2g} | "
-                  f"{_f(s['c_t'], 2)} | {s['authenticity']:.3f} ({s['authenticity_heldout']:.3f}) |"
-                  for ex, s in a["spaces"].items()]
+                  "| space | in the verdict | below the null's 1st percentile | binomial p | Meehan's C_T | "
+                  "authenticity (held-out) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {ex} | {'yes' if s['in_verdict'] else 'no (reported)'} | {s['share_below_null_p1']:.1%} "
+                  f"(expected {s['expected']:.0%}) | {s['p_value']:.2g} | {_f(s['c_t'], 2)} | "
+                  f"{s['authenticity']:.3f} ({s['authenticity_heldout']:.3f}) |" for ex, s in a["spaces"].items()]
+        lines += [""] + [f"{ex} is reported, not counted: {why}." for ex, why in a["not_voting"].items()]
         lines.append("")
     lines += ["## Limits of use", ""] + [f"- {x}" for x in card["limits_of_use"]] + [""]
     return "\n".join(lines)
