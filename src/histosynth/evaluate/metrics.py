@@ -16,6 +16,15 @@ def statistics(feats: np.ndarray):
     return feats.mean(0), np.cov(feats, rowvar=False)
 
 
+def _significant(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric positive semi-definite matrix with rounding noise set to 0: below
+    the numerical-rank tolerance (largest x size x machine epsilon) they are indistinguishable
+    from 0, and their square roots would add up to a spurious trace where a covariance is
+    singular (fewer samples than dimensions)."""
+    tol = max(float(np.max(np.abs(w), initial=0)), 0.0) * len(w) * np.finfo(np.float64).eps
+    return np.where(w > tol, w, 0.0)
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)). S1 S2 is similar to the symmetric
     positive semi-definite S1^(1/2) S2 S1^(1/2), so the trace of its square root is the sum of
@@ -26,9 +35,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     diff = mu1 - mu2
     w, v = linalg.eigh(sigma1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    root1 = (v * np.sqrt(_significant(w))) @ v.T
     m = root1 @ sigma2 @ root1
-    tr_covmean = np.sqrt(np.clip(linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    tr_covmean = np.sqrt(_significant(linalg.eigvalsh((m + m.T) / 2))).sum()
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
