@@ -40,7 +40,7 @@ def snakemake_env() -> dict:
     `scontrol` that fails at once. The SLURM executor plugin (installed for tests/test_slurm.py)
     runs `scontrol show config` whenever Snakemake starts; on a machine with the SLURM client but
     no controller that answers, every start then waits about 10 s for it. These runs use no SLURM
-    (test_slurm.py keeps the real command)."""
+    (test_slurm.py's run through sbatch keeps the real command: run(..., slurm=True))."""
     if not _NO_SLURM_BIN:
         d = Path(tempfile.mkdtemp(prefix="histosynth-no-slurm-"))
         stub = d / "scontrol"
@@ -51,9 +51,12 @@ def snakemake_env() -> dict:
     return dict(os.environ, PATH=path)
 
 
-def run(args, cwd, **kw):
-    return subprocess.run(SNAKE + args, cwd=cwd, capture_output=True, text=True, env=snakemake_env(), timeout=1500,
-                          **kw)
+def run(args, cwd, slurm: bool = False, **kw):
+    """Snakemake on `args` in `cwd`; `slurm`: with the machine's own SLURM commands (the SLURM
+    executor needs the real `scontrol`)."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) if slurm \
+        else snakemake_env()
+    return subprocess.run(SNAKE + args, cwd=cwd, capture_output=True, text=True, env=env, timeout=1500, **kw)
 
 
 def build_workdir(d: Path) -> Path:

@@ -39,7 +39,7 @@ def test_tiny_dag_runs_through_sbatch_and_matches_the_local_run(tmp_path):
     for d in ("slurm", "local"):
         (tmp_path / d / "config").mkdir(parents=True)
         (tmp_path / d / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
-    r = run(["--profile", str(REPO / "profiles" / "slurm")] + SMALL, tmp_path / "slurm")
+    r = run(["--profile", str(REPO / "profiles" / "slurm")] + SMALL, tmp_path / "slurm", slurm=True)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-5000:])
     # every rule but `all` went through sbatch: the plugin logged a SLURM job id per job
     logdir = tmp_path / "slurm" / ".snakemake" / "slurm_logs"
