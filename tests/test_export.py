@@ -134,3 +134,13 @@ def test_copying_is_refused_and_nothing_half_written_is_left(e2e_workdir, tmp_pa
         _export(e2e_workdir, monkeypatch, "webdataset", tmp_path / "out2", RUN, res,
                 "--config-digest", "0" * 64)
     assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2.*"))
+
+
+def test_an_imported_networks_unknown_cohort_is_said_not_counted_as_zero(e2e_workdir):
+    from histosynth.commands.export import _cohort
+
+    tiles = read_index(e2e_workdir / "results/split/tiles.parquet")
+    known = _cohort(tiles, ["P000", "P100"], 32)
+    assert known["patients"] == 2 and known["tiles"] > 0 and known["partitions"] == ["train"]
+    unknown = _cohort(tiles, None, 32)
+    assert unknown["patients"] is None and unknown["split_patients"] == known["split_patients"]

@@ -41,14 +41,19 @@ def _metadata(syn, kind: str, conditioning: dict):
 
 
 def _cohort(index, patients, tile_px) -> dict:
+    """The training cohort's counts; `patients` None: unknown (an imported network), then only
+    the split is described."""
+    per = (index.groupby("partition")["patient_id"].nunique().to_dict() if "partition" in index.columns else {})
+    common = {"tile_px": int(tile_px), "tile_um": float(index["tile_um"].iloc[0]) if "tile_um" in index.columns else None,
+              "split_patients": {k: int(v) for k, v in per.items()}}
+    if patients is None:
+        return {"patients": None, "slides": None, "tiles": None, "partitions": [], **common}
     train = index[index["patient_id"].astype(str).isin(patients)]
     if "kept" in train.columns:
         train = train[train["kept"].astype(bool)]
-    per = (index.groupby("partition")["patient_id"].nunique().to_dict() if "partition" in index.columns else {})
     return {"patients": len(set(patients)), "slides": int(train["slide_id"].nunique()), "tiles": int(len(train)),
             "partitions": sorted(train["partition"].unique().tolist()) if "partition" in train.columns else [],
-            "tile_px": int(tile_px), "tile_um": float(index["tile_um"].iloc[0]) if "tile_um" in index.columns else None,
-            "split_patients": {k: int(v) for k, v in per.items()}}
+            **common}
 
 
 def export(opts: dict, run: str, format: str, out, results: str = "results", config: str | None = None,
@@ -122,7 +127,7 @@ def export(opts: dict, run: str, format: str, out, results: str = "results", con
                "kimg": float(net.get("cur_nimg", 0)) / 1000, "snapshot": "network.pt, the run's final G_ema",
                "conditions": (sum(((net.get("conditioning") or {}).get("categories") or {}).values(), [])
                               if kind in ("class", "attributes") else classes)}
-    cohort = _cohort(cohort_index, (net.get("training_set") or {}).get("patients") or [], opts_json["resolution"])
+    cohort = _cohort(cohort_index, (net.get("training_set") or {}).get("patients"), opts_json["resolution"])
     version = importlib.metadata.version("histosynth")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -93,8 +93,10 @@ def card_markdown(card: dict) -> str:
               f"- truncation ψ: {', '.join(map(str, g['truncation_psi'] or [])) or 'n/a'}",
               f"- configuration digest (SHA-256 of the resolved config): `{g['config_digest'] or 'not recorded'}`", ""]
     lines += ["## Training cohort", "",
-              f"- {c['patients']} patients, {c['slides']} slides, {c['tiles']} tiles in the generator's training "
-              f"partitions ({', '.join(c['partitions'])}); tiles of {c['tile_px']} px covering {c['tile_um']} µm",
+              (f"- {c['patients']} patients, {c['slides']} slides, {c['tiles']} tiles in the generator's training "
+               f"partitions ({', '.join(c['partitions'])}); tiles of {c['tile_px']} px covering {c['tile_um']} µm"
+               if c["patients"] is not None else
+               "- unknown: the network was imported, and whose tiles it was trained on is not recorded in it"),
               "- patients per partition of the split: "
               + ", ".join(f"{k} {v}" for k, v in c["split_patients"].items()),
               "- patients in no training partition never reached the generator; they form the copy audit's null.", ""]
