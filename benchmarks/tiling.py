@@ -13,8 +13,15 @@ memory is its own:
 
 Prints tiles/s of both, their ratio, and peak RSS. Nothing is timed in the test suite.
 
+``--regions`` instead measures what annotated regions (``tiles.roi``) cost: ours on the same
+slide without and with a QuPath GeoJSON export holding one region of ``--vertices`` vertices
+(a wavy outline just outside the tissue ellipse, so both runs read the same tiles) with a hole
+on the glass, and 50 small Ignore* squares on the glass; each run in its own process, the
+order alternated over ``--repeats`` pairs, median time of each.
+
   python benchmarks/tiling.py                      # 40,960 px slide, 2 threads
   python benchmarks/tiling.py --size 20480 --threads 4 --keep /tmp/bench
+  python benchmarks/tiling.py --regions --vertices 20000
 """
 from __future__ import annotations
 
@@ -86,12 +93,40 @@ def opts(tile_px, tile_um):
     return validate({"tiles": {"tile_px": tile_px, "tile_um": tile_um}})["tiles"]
 
 
-def run_ours(slide, out, tile_px, tile_um, threads):
+def write_regions(path: Path, size: int, vertices: int) -> None:
+    """A QuPath 0.5 export: a wavy ring of `vertices` points around the tissue ellipse (radius
+    0.41-0.43 of the slide against the tissue's 0.40), a hole and 50 Ignore* squares on the glass."""
+    a = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
+    r = size * (0.42 + 0.01 * np.sin(37 * a))
+    outer = np.stack([size / 2 + r * np.cos(a), size / 2 + r * np.sin(a)], 1)
+    hole_a = np.linspace(0, 2 * np.pi, 64, endpoint=False)[::-1]
+    hole = np.stack([size * 0.06 + size * 0.02 * np.cos(hole_a), size * 0.06 + size * 0.02 * np.sin(hole_a)], 1)
+
+    def closed(p):
+        return np.vstack([p, p[:1]]).round(2).tolist()
+
+    feats = [{"type": "Feature", "id": "bench-0", "geometry": {"type": "Polygon", "coordinates": [closed(outer)]},
+              "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [200, 0, 0]}}}]
+    for k in range(50):  # along the top edge: glass
+        x0, y0 = size * (0.02 + 0.019 * k), size * 0.005
+        sq = [[x0, y0], [x0 + 200, y0], [x0 + 200, y0 + 200], [x0, y0 + 200], [x0, y0]]
+        feats.append({"type": "Feature", "id": f"ignore-{k}", "geometry": {"type": "Polygon", "coordinates": [sq]},
+                      "properties": {"objectType": "annotation", "classification": {"name": "Ignore*"}}})
+    feats.append({"type": "Feature", "id": "hole-host", "geometry": {"type": "Polygon", "coordinates": [
+        closed(np.array([[0, 0], [size * 0.12, 0], [size * 0.12, size * 0.12], [0, size * 0.12]])), closed(hole)]},
+        "properties": {"objectType": "annotation", "classification": {"name": "Ignore*"}}})
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+
+
+def run_ours(slide, out, tile_px, tile_um, threads, roi_file=None):
     from histosynth.slides.tiling import tile_slide
 
+    o = opts(tile_px, tile_um)
+    if roi_file:
+        o["roi"] = dict(o["roi"], dir=str(Path(roi_file).parent))
     t0 = time.perf_counter()
-    df = tile_slide(slide, "bench", out / "t.tiff", out / "t.parquet", out / "t.png", opts(tile_px, tile_um),
-                    threads=threads, progress=False)
+    df = tile_slide(slide, "bench", out / "t.tiff", out / "t.parquet", out / "t.png", o,
+                    threads=threads, progress=False, roi_file=roi_file)
     dt = time.perf_counter() - t0
     return {"tiles": len(df), "kept": int(df["kept"].sum()), "seconds": dt, "positions": df[["x", "y"]].values.tolist()}
 
@@ -119,7 +154,7 @@ def child(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.child == "ours":
-        res = run_ours(args.slide, out, args.tile_px, args.tile_um, args.threads)
+        res = run_ours(args.slide, out, args.tile_px, args.tile_um, args.threads, args.roi_file)
     else:
         res = run_naive(args.slide, out, args.tile_px, args.tile_um, json.loads(Path(args.positions).read_text()))
     res["peak_rss_mb"] = peak_rss_mb()
@@ -135,11 +170,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def spawn(kind, slide, out, a, positions=None):
+def spawn(kind, slide, out, a, positions=None, roi_file=None):
     cmd = [sys.executable, __file__, "--child", kind, "--slide", str(slide), "--out", str(out), "--tile-px",
            str(a.tile_px), "--tile-um", str(a.tile_um), "--threads", str(a.threads)]
     if positions:
         cmd += ["--positions", str(positions)]
+    if roi_file:
+        cmd += ["--roi-file", str(roi_file)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -152,13 +189,19 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="threads of our tiler (the tile rule's threads)")
     ap.add_argument("--naive-max", type=int, default=0, help="time the naive loop on at most this many positions (0 = all)")
     ap.add_argument("--keep", help="directory to keep the generated slides in (reused when present)")
+    ap.add_argument("--regions", action="store_true", help="measure tiling with a QuPath region file against without")
+    ap.add_argument("--vertices", type=int, default=20000, help="--regions: vertices of the region's outline")
+    ap.add_argument("--repeats", type=int, default=3, help="--regions: pairs of runs (median of each)")
     ap.add_argument("--child"), ap.add_argument("--slide"), ap.add_argument("--out"), ap.add_argument("--positions")
+    ap.add_argument("--roi-file")
     a = ap.parse_args()
     if a.child:
         return child(a)
     work = Path(a.keep or tempfile.mkdtemp(prefix="histosynth-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     big, small = work / f"bench2-{a.size}.svs", work / f"bench2-{a.size // 4}.svs"
+    if a.regions:
+        return regions(a, work, big)
     for p, n in ((big, a.size), (small, a.size // 4)):
         if not p.exists():
             t0 = time.perf_counter()
@@ -181,6 +224,34 @@ def main():
     print(f"ratio ours / naive: {r_ours / r_naive:.2f}x")
     print(f"peak RSS of ours: {ours['peak_rss_mb']:.0f} MB on {a.size} px vs {small_run['peak_rss_mb']:.0f} MB on "
           f"{a.size // 4} px (16x fewer pixels, {small_run['tiles']} tiles)")
+    if not a.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def regions(a, work, big):
+    """Tiling with a many-vertex region file against without, same slide, alternating order."""
+    if not big.exists():
+        make_slide(big, a.size)
+    roi = work / "regions" / "bench.geojson"
+    roi.parent.mkdir(exist_ok=True)
+    write_regions(roi, a.size, a.vertices)
+    plain, with_roi = [], []
+    for k in range(a.repeats):
+        for kind in (("plain", "roi") if k % 2 == 0 else ("roi", "plain")):
+            res = spawn("ours", big, work / f"ours-{kind}", a, roi_file=roi if kind == "roi" else None)
+            (with_roi if kind == "roi" else plain).append(res)
+    t_plain = float(np.median([r["seconds"] for r in plain]))
+    t_roi = float(np.median([r["seconds"] for r in with_roi]))
+    same = plain[0]["positions"] == with_roi[0]["positions"]
+    print(f"slide {a.size} x {a.size} px, tiles {a.tile_px} px / {a.tile_um:g} µm, {a.threads} threads, "
+          f"{os.cpu_count()} CPUs; region file {roi.stat().st_size / 2**20:.1f} MB, {a.vertices} vertices + hole + "
+          f"51 Ignore* regions")
+    print(f"without regions: {plain[0]['tiles']} tiles, median {t_plain:.1f} s of {[round(r['seconds'], 1) for r in plain]}")
+    print(f"with regions:    {with_roi[0]['tiles']} tiles, median {t_roi:.1f} s of "
+          f"{[round(r['seconds'], 1) for r in with_roi]}; same positions: {same}")
+    print(f"ratio with / without: {t_roi / t_plain:.3f}")
     if not a.keep:
         import shutil
 

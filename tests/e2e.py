@@ -14,7 +14,10 @@ TINY = {
     "torch_threads": 1,  # as the demo: one-thread jobs side by side on the two cores
     "demo": {"outdir": "resources/demo", "patients_per_class": 3, "size_px": 2048},
     "acquire": {"manifest": "resources/demo/manifest.tsv"},
-    "tiles": {"tile_px": 32, "tile_um": 128, "blur": 5},
+    # QuPath regions over part of each slide (write_config writes them): labels from their classes
+    "tiles": {"tile_px": 32, "tile_um": 128, "blur": 5,
+              "roi": {"dir": "resources/regions", "require": True, "labels": True,
+                      "classes": {"Tumour": "tumor", "Normal tissue": "normal"}}},
     "split": {"test_fraction": 0.34, "val_fraction": 0.0},
     "gan": {"resolution": 32, "kimg": 0.3, "batch": 8, "z_dim": 32, "w_dim": 64, "mapping_layers": 2,
             "channel_base": 256, "channel_max": 32, "snap_kimg": 0.3, "tick_kimg": 0.1, "gpus": 0, "device": "cpu"},
@@ -59,10 +62,54 @@ def run(args, cwd, slurm: bool = False, **kw):
     return subprocess.run(SNAKE + args, cwd=cwd, capture_output=True, text=True, env=env, timeout=1500, **kw)
 
 
+REGION_X1, HOLE, IGNORE = 1700, (520, 760), (1000, 1100)  # level-0 px of the 2048 px demo slides
+
+
+def write_regions(d: Path) -> None:
+    """One QuPath export per demo slide in d/resources/regions: a region of the slide's class
+    ("Tumour" / "Normal tissue") over x < REGION_X1, crossing the slide's top, left and bottom
+    edges, with a hole (HOLE x HOLE), and an Ignore* square (IGNORE x IGNORE). Half the slides
+    as QuPath 0.5 writes them (FeatureCollection, objectType, color list), half as 0.3 (a bare
+    list, PathAnnotationObject, packed colorRGB)."""
+    import json
+
+    from histosynth.slides.synthetic import demo_cohort
+
+    demo = TINY["demo"]
+    out = d / "resources" / "regions"
+    out.mkdir(parents=True, exist_ok=True)
+    (h0, h1), (i0, i1) = HOLE, IGNORE
+
+    def sq(a, b):
+        return [[a, a], [b, a], [b, b], [a, b], [a, a]]
+
+    for k, spec in enumerate(demo_cohort(demo["patients_per_class"], demo["size_px"], 0.5, 0)):
+        name = {"tumor": "Tumour", "normal": "Normal tissue"}[spec.label]
+        shapes = [(name, [[[-60, -40], [REGION_X1, -40], [REGION_X1, 2100], [-60, 2100], [-60, -40]], sq(h0, h1)]),
+                  ("Ignore*", [sq(i0, i1)])]
+        if k % 2:
+            feats = [{"type": "Feature", "id": "PathAnnotationObject", "geometry": {"type": "Polygon", "coordinates": c},
+                      "properties": {"classification": {"name": n, "colorRGB": -3670016}, "isLocked": False}}
+                     for n, c in shapes]
+            doc = feats
+        else:
+            feats = [{"type": "Feature", "id": f"0f{k}-{j}", "geometry": {"type": "Polygon", "coordinates": c},
+                      "properties": {"objectType": "annotation", "classification": {"name": n, "color": [200, 0, 0]}}}
+                     for j, (n, c) in enumerate(shapes)]
+            doc = {"type": "FeatureCollection", "features": feats}
+        (out / f"{spec.slide_id}.geojson").write_text(json.dumps(doc))
+
+
+def write_config(d: Path, cfg: dict | None = None) -> None:
+    """A working directory for `cfg` (TINY): its config and the regions it names."""
+    (d / "config").mkdir(parents=True, exist_ok=True)
+    (d / "config" / "config.yaml").write_text(yaml.safe_dump(cfg or TINY))
+    write_regions(d)
+
+
 def build_workdir(d: Path) -> Path:
     """The whole DAG on TINY in `d`: first the `tiles` target alone, then everything."""
-    (d / "config").mkdir()
-    (d / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
+    write_config(d)
     # a stage target first: up to tiling (QC thumbnails included) and nothing after it
     r = run(["tiles"], d)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-6000:])

@@ -8,7 +8,8 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-from test_workflow import REPO, TINY, run
+from e2e import write_config
+from test_workflow import REPO, run
 
 
 def _slurm_up() -> str | None:
@@ -37,8 +38,7 @@ SMALL = ["--set-resources"] + [f"{r}:mem_mb=2500" for r in ("train_gan", "genera
 @needs_slurm
 def test_tiny_dag_runs_through_sbatch_and_matches_the_local_run(tmp_path):
     for d in ("slurm", "local"):
-        (tmp_path / d / "config").mkdir(parents=True)
-        (tmp_path / d / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
+        write_config(tmp_path / d)
     r = run(["--profile", str(REPO / "profiles" / "slurm")] + SMALL, tmp_path / "slurm", slurm=True)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-5000:])
     # every rule but `all` went through sbatch: the plugin logged a SLURM job id per job

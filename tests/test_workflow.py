@@ -4,9 +4,10 @@ import math
 import os
 import subprocess
 
+import numpy as np
 import pytest
 import yaml
-from e2e import REPO, SNAKE, TINY, run, snakemake_env
+from e2e import REPO, SNAKE, TINY, run, snakemake_env, write_config
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,39 @@ def test_summary_has_every_design_key_with_measured_values(workdir):
         assert c["verdict"] in ("copying", "no evidence of copying") and set(c["spaces"]) == {"pixels", "domain"}
         assert escape(c["text"]) in html and (workdir / f"results/evaluate/{r}/copies.png").exists()
     assert html.count("<h3>Copy audit</h3>") == 3
+
+
+def test_regions_restrict_and_label_the_tiles(workdir):
+    """TINY tiles inside QuPath regions (tests/e2e.py:write_regions): no tile of less than half
+    its area in its region, none in the hole, the Ignore* square's tiles dropped undecoded, every
+    label the region's class mapped through tiles.roi.classes, and the GAN conditioned on them."""
+    import pandas as pd
+    import torch
+    from e2e import HOLE, IGNORE, REGION_X1
+
+    tiles = pd.read_parquet(workdir / "results/split/tiles.parquet")
+    stride = 256  # 128 µm at 0.5 µm/px
+    assert (tiles["x"] + stride * 0.5 <= REGION_X1).all() and (tiles["roi_overlap"] >= 0.5).all()
+    assert ((tiles["x"] == 1536) & tiles["kept"]).any()  # 164 of 256 px inside: kept
+    assert not ((tiles["x"] == 512) & (tiles["y"] == 512)).any()  # 88% in the hole
+    ex = tiles[tiles["reject_reason"] == "roi_excluded"]
+    i0, i1 = IGNORE
+    assert len(ex) and ex["page"].eq(-1).all() and ex["blur"].isna().all()
+    assert ((ex["x"] < i1) & (ex["x"] + stride > i0) & (ex["y"] < i1) & (ex["y"] + stride > i0)).all()
+    sheet = pd.read_csv(workdir / "results/acquire/slides.tsv", sep="\t")
+    want = dict(zip(sheet["slide_id"], sheet["label"]))
+    kept = tiles[tiles["kept"]]
+    assert (kept["roi_class"] == kept["slide_id"].map(want)).all() and (kept["label"] == kept["roi_class"]).all()
+    assert HOLE[0] > 512 and len(kept) > 100
+    ck = torch.load(workdir / "results/gan/stylegan2-class/network.pt", weights_only=True, map_location="cpu")
+    assert ck["conditioning"]["categories"]["label"] == ["normal", "tumor"]
+    r = json.loads((workdir / "results/report/summary.json").read_text())["slides"]["regions"]
+    assert r["slides_with_regions"] == 8 and r["slides_without"] == 0 and r["dropped"]["roi_excluded"] == len(ex)
+    assert r["kept_per_class"] == kept["roi_class"].value_counts().to_dict()
+    from PIL import Image
+
+    thumb = np.asarray(Image.open(next((workdir / "results/tiles/qc").glob("*.png"))).convert("RGB")).reshape(-1, 3)
+    assert ((thumb == (200, 0, 0)).all(1)).sum() > 100  # the regions drawn in their QuPath colour
 
 
 def test_mask_run_end_to_end(workdir):
@@ -309,8 +343,7 @@ def test_killed_anywhere_and_restarted_equals_uninterrupted(workdir, tmp_path):
     import pandas as pd
     import torch
 
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
+    write_config(tmp_path)
     kills = []
     for what, pattern, delay in KILL_POINTS:
         if _killed_at(tmp_path, pattern, delay):

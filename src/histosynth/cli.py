@@ -33,7 +33,8 @@ COMMANDS = {
                        "verified MD5 and size", [], ["--sheet", "--records+", "--out"]),
     "tile": ("histosynth.commands.slides:tile", "tile one slide with tissue detection and QC", ["tiles"],
              ["--sheet", "--slide-id", "--store", "--index", "--thumb", ("--slide", {"help": "slide file (default: the "
-              "sheet's path)"}), ("--threads", {**INT, "default": 1})]),
+              "sheet's path)"}), ("--roi", {"help": "the slide's QuPath GeoJSON regions (default: found in "
+              "tiles.roi.dir)"}), ("--threads", {**INT, "default": 1})]),
     "split": ("histosynth.commands.split:split", "split patients into train/val/test and index all tiles", ["split"],
               ["--sheet", "--indexes+", "--out-split", "--out-tiles"]),
     "train-gan": ("histosynth.commands.gan:train_gan", "train (or resume) a GAN run of any kind", ["run"],

@@ -178,6 +178,22 @@ def slide_path(wildcards):
     return row["path"].iloc[0]
 
 
+def roi_file(wildcards):
+    """The slide's QuPath regions in tiles.roi.dir (histosynth.slides.roi.region_file), or
+    nothing: an input, so a changed export re-tiles its slide."""
+    roi_dir = config["tiles"]["roi"]["dir"]
+    if not roi_dir:
+        return []
+    from histosynth.slides.roi import region_file
+
+    found = region_file(roi_dir, wildcards.slide, slide_path(wildcards))
+    return str(found) if found else []
+
+
+def roi_arg(wildcards, input):
+    return f"--roi {shlex.quote(str(input.roi))}" if input.roi else ""
+
+
 def all_tile_indexes(wildcards):
     return expand("results/tiles/{slide}.parquet", slide=sample_sheet()["slide_id"])
 

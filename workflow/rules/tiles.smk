@@ -2,6 +2,7 @@ rule tile:
     input:
         sheet="results/acquire/slides.tsv",
         slide=slide_path,
+        roi=roi_file,
     output:
         store="results/tiles/{slide}.tiff",
         index="results/tiles/{slide}.parquet",
@@ -23,9 +24,10 @@ rule tile:
     params:
         hs=HISTOSYNTH,
         opts=opts("tiles"),
+        roi=roi_arg,
     shell:
         "{params.hs} -q tile --options {params.opts:q} --sheet {input.sheet} --slide-id {wildcards.slide} "
-        "--slide {input.slide} --store {output.store} --index {output.index} --thumb {output.thumb} "
+        "--slide {input.slide} {params.roi} --store {output.store} --index {output.index} --thumb {output.thumb} "
         "--threads {threads} > {log} 2>&1"
 
 

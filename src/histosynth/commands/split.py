@@ -11,18 +11,22 @@ def split(opts: dict, sheet, indexes, out_split, out_tiles):
 
     from histosynth.acquire.manifest import read_sample_sheet
     from histosynth.slides.store import read_index, write_index
-    from histosynth.split.patients import assign_tiles, split_patients
+    from histosynth.split.patients import assign_tiles, split_patients, tile_label_sheet
     from histosynth.split.sites import site_table, split_by_site
     from histosynth.utils import atomic_path
 
     sheet = read_sample_sheet(sheet)
+    tiles = pd.concat([read_index(p) for p in indexes], ignore_index=True)
+    strata = tile_label_sheet(sheet, tiles)  # the sheet itself unless tiles carry region labels
+    if not strata[["slide_id", "label"]].equals(sheet[["slide_id", "label"]].reset_index(drop=True)):
+        log.info("patients stratified by their tiles' labels (annotated regions): %s",
+                 strata.groupby("label")["patient_id"].nunique().to_dict())
     if opts["preserve_site"]:
-        parts = split_by_site(sheet, opts["test_fraction"], opts["val_fraction"])
+        parts = split_by_site(strata, opts["test_fraction"], opts["val_fraction"])
         log.info("site-preserved split (patients per site, partition and class):\n%s",
                  site_table(parts).to_string(index=False))
     else:
-        parts = split_patients(sheet, opts["test_fraction"], opts["val_fraction"], opts["seed"])
-    tiles = pd.concat([read_index(p) for p in indexes], ignore_index=True)
+        parts = split_patients(strata, opts["test_fraction"], opts["val_fraction"], opts["seed"])
     extra = [c for c in sheet.columns if c not in tiles.columns and c not in ("source", "md5", "size", "path")]
     if extra:
         tiles = tiles.merge(sheet[["slide_id"] + extra], on="slide_id", how="left")

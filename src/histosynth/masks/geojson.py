@@ -11,7 +11,6 @@ first, so a nucleus inside a gland keeps its own class. Pixels inside no polygon
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from histosynth.masks.labels import LabelSet
+from histosynth.slides.regions import read_regions
 from histosynth.utils import UserError
 
 log = logging.getLogger(__name__)
@@ -32,113 +32,26 @@ class Shape:
     area: float
 
 
-def _ring_area(r):
-    x, y = r[:, 0], r[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-
-
-def _refuse_constant(name):
-    raise ValueError(f"{name} is not a number GeoJSON allows")
-
-
-def _feature_name(p: Path, k: int, f) -> str:
-    """'annotation file F, feature k (id / name)': how messages name a feature."""
-    tag = ""
-    if isinstance(f, dict):
-        props = f.get("properties") if isinstance(f.get("properties"), dict) else {}
-        ident = f.get("id") or props.get("name") or props.get("objectId")
-        if isinstance(ident, (str, int)):
-            tag = f" ({str(ident)[:60]})"
-    return f"annotation file {p}, feature {k}{tag}"
-
-
-def _rings(poly, where: str) -> list:
-    """A polygon's rings as (n, 2) float arrays of finite level-0 coordinates; rings of fewer
-    than 3 points are dropped. Anything else is a UserError naming the feature."""
-    if not isinstance(poly, list):
-        raise UserError(f"{where}: polygon coordinates must be a list of rings, not {type(poly).__name__}")
-    rings = []
-    for r in poly:
-        if not isinstance(r, list) or not all(isinstance(pt, list) and len(pt) >= 2 for pt in r):
-            raise UserError(f"{where}: a ring must be a list of [x, y] points")
-        odd = [v for pt in r for v in pt[:2] if not isinstance(v, (int, float)) or isinstance(v, bool)]
-        if odd:
-            raise UserError(f"{where}: coordinates must be numbers (found {str(odd[0])[:40]!r})")
-        if len(r) < 3:
-            continue
-        arr = np.asarray([pt[:2] for pt in r], np.float64)
-        if not np.isfinite(arr).all():
-            raise UserError(f"{where}: coordinates are not finite numbers (NaN or infinite)")
-        rings.append(arr)
-    return rings
-
-
 def read_annotations(path, labels: LabelSet, class_map: dict | None = None) -> list:
-    """Shapes of a QuPath GeoJSON file, classes resolved to indices of `labels`.
+    """Shapes of a QuPath GeoJSON file (every object type: annotations, detections, cells),
+    classes resolved to indices of `labels`, largest first.
 
     ``class_map`` maps QuPath class names to label names (a name absent from it is looked
     up in the label set as is). Unclassified objects and classes not in the label set are
-    skipped, and named once in a warning."""
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text(), parse_constant=_refuse_constant)
-    except FileNotFoundError:
-        raise UserError(f"annotation file {p} does not exist") from None
-    except RecursionError:
-        raise UserError(f"annotation file {p}: its JSON is nested too deeply to be a QuPath export") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"annotation file {p} is not GeoJSON ({exc}); export it from QuPath with "
-                        f"File > Export objects as GeoJSON") from None
-    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        feats = doc.get("features", [])
-    elif isinstance(doc, dict) and doc.get("type") == "Feature":
-        feats = [doc]
-    elif isinstance(doc, list):
-        feats = doc
-    else:
-        raise UserError(f"annotation file {p}: expected a GeoJSON FeatureCollection or a list of Features")
-    if not isinstance(feats, list):
-        raise UserError(f"annotation file {p}: 'features' is a {type(feats).__name__}, not a list of Features")
+    skipped, and named once in a warning. The file is read and validated by
+    ``slides.regions.read_regions``."""
     class_map = class_map or {}
     index = {n: i for i, n in enumerate(labels.names)}
     shapes, skipped = [], {}
-    for k, f in enumerate(feats):
-        where = _feature_name(p, k, f)
-        if not isinstance(f, dict):
-            raise UserError(f"{where}: a Feature must be a JSON object, not {type(f).__name__}")
-        props = f.get("properties") or {}
-        if not isinstance(props, dict):
-            raise UserError(f"{where}: 'properties' must be an object")
-        cls = props.get("classification")
-        cls = cls.get("name") if isinstance(cls, dict) else cls
-        if cls is not None and not isinstance(cls, str):
-            raise UserError(f"{where}: classification {cls!r} is not a class name")
-        name = class_map.get(cls, cls)
-        geom = f.get("geometry") or {}
-        if not isinstance(geom, dict):
-            raise UserError(f"{where}: 'geometry' must be an object")
+    for r in read_regions(path):
+        name = class_map.get(r.name, r.name)
         if name not in index:
-            skipped[str(cls)] = skipped.get(str(cls), 0) + 1
+            skipped[str(r.name)] = skipped.get(str(r.name), 0) + 1
             continue
-        if geom.get("type") == "Polygon":
-            polys = [geom.get("coordinates")]
-        elif geom.get("type") == "MultiPolygon":
-            polys = geom.get("coordinates")
-            if not isinstance(polys, list):
-                raise UserError(f"{where}: MultiPolygon coordinates must be a list of polygons")
-        else:
-            skipped[f"{cls} ({geom.get('type')})"] = skipped.get(f"{cls} ({geom.get('type')})", 0) + 1
-            continue
-        for poly in polys:
-            rings = _rings(poly, where)
-            if not rings:
-                continue
-            ext = rings[0]
-            shapes.append(Shape(index[name], rings, (ext[:, 0].min(), ext[:, 1].min(), ext[:, 0].max(), ext[:, 1].max()),
-                                _ring_area(ext) - sum(_ring_area(h) for h in rings[1:])))
+        shapes.append(Shape(index[name], r.rings, r.bbox, r.area))
     if skipped:
         log.warning("%s: skipped objects of classes not in the label set (map them with masks.geojson_classes): %s",
-                    p.name, skipped)
+                    Path(path).name, skipped)
     shapes.sort(key=lambda s: -s.area)
     return shapes
 

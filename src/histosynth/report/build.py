@@ -157,6 +157,19 @@ def _sites(tiles: pd.DataFrame) -> list[dict]:
             for (site, part), row in t.iterrows()]
 
 
+def _regions(tiles: pd.DataFrame) -> dict | None:
+    """Annotated regions (tiles.roi): slides tiled inside regions, kept tiles per region class,
+    and those dropped for an excluded or mixed region; None without regions."""
+    if "roi_overlap" not in tiles.columns:
+        return None
+    inside = tiles[tiles["roi_overlap"].notna()]
+    kept = inside[inside["kept"]]
+    return {"slides_with_regions": int(inside["slide_id"].nunique()),
+            "slides_without": int(tiles.loc[tiles["roi_overlap"].isna(), "slide_id"].nunique()),
+            "kept_per_class": {str(k) or "(unclassified)": int(v) for k, v in kept["roi_class"].value_counts().items()},
+            "dropped": {k: int((inside["reject_reason"] == k).sum()) for k in ("roi_excluded", "roi_mixed")}}
+
+
 def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_dir, metrics: dict, study: dict) -> dict:
     kept = tiles[tiles["kept"]]
     per_slide = kept.groupby("slide_id").size().reindex(sheet["slide_id"], fill_value=0)
@@ -170,7 +183,7 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
                    "patients": int(sheet["patient_id"].nunique()),
                    "md5_published": int((sheet.get("md5_checked_against", pd.Series(dtype=str)) == "published").sum()),
                    "partitions": {k: int(v) for k, v in kept.groupby("partition")["patient_id"].nunique().items()},
-                   "sites": _sites(tiles)},
+                   "sites": _sites(tiles), "regions": _regions(tiles)},
         "gan": {gan_run: {"kimg": stats[-1]["kimg"] if stats else 0, "resolution": opts["resolution"],
                           "conditioning": opts["conditioning"], "n_train_tiles": opts["n_train_tiles"],
                           "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"],
@@ -384,6 +397,13 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                  f"results/acquire/slides.verified.tsv); {s['tiles']} tiles kept. "
                  f"Patients per partition: {html.escape(json.dumps(s['partitions']))}. "
                  f"Rejected tiles by filter: {html.escape(json.dumps(s['rejected']))}.</p>")
+    if s.get("regions"):
+        r = s["regions"]
+        parts.append(f"<p>Tiled inside QuPath regions (tiles.roi): {r['slides_with_regions']} slides with a region "
+                     f"file, {r['slides_without']} without; kept tiles per region class "
+                     f"{html.escape(json.dumps(r['kept_per_class']))}; dropped for an excluded region "
+                     f"{r['dropped']['roi_excluded']}, for lying in two classes' regions {r['dropped']['roi_mixed']}. "
+                     f"The thumbnails outline the regions in their QuPath colours.</p>")
     if s.get("sites"):
         parts.append("<p>Patients per tissue source site, partition and class (every site in one partition: "
                      "split.preserve_site):</p>" + _table(s["sites"], list(s["sites"][0])))

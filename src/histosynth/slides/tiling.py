@@ -12,6 +12,10 @@
    tissue tiles; QC scores are always those of the tile as scanned.
 5. Kept tiles go to the slide's tile store, every evaluated position to the index, and a QC
    thumbnail shows the mask and kept / rejected tiles.
+
+With annotated regions (``tiles.roi``, ``slides.roi``), step 2 also skips positions outside the
+regions, positions dropped for an excluded or mixed region are indexed without being decoded
+(``roi_excluded``, ``roi_mixed``), and the thumbnail draws the regions.
 """
 from __future__ import annotations
 
@@ -32,7 +36,9 @@ from histosynth.utils import UserError, atomic_path, release_free_memory
 
 log = logging.getLogger(__name__)
 REASON_COLOURS = {"": (0, 170, 0), "pen": (0, 90, 255), "whitespace": (150, 150, 150),
-                  "grayspace": (120, 120, 120), "blur": (255, 140, 0), "max_tiles": (200, 200, 0)}
+                  "grayspace": (120, 120, 120), "blur": (255, 140, 0), "max_tiles": (200, 200, 0),
+                  "roi_excluded": (255, 0, 255), "roi_mixed": (140, 0, 255)}
+NO_SCORES = dict.fromkeys(("whitespace_fraction", "grayspace_fraction", "blur", "pen_fraction", "mean_od"), float("nan"))
 
 
 def _mask_level(slide, max_dim: int = 2048) -> int:
@@ -96,7 +102,9 @@ def _in_order(pool, fn, items, window: int):
 
 
 def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict, *, patient_id: str = "",
-               label: str = "", mpp_override: float | None = None, threads: int = 1, progress: bool = True) -> pd.DataFrame:
+               label: str = "", mpp_override: float | None = None, threads: int = 1, progress: bool = True,
+               roi_file=None) -> pd.DataFrame:
+    """Tile one slide (see the module's docstring); `roi_file`: its QuPath regions (``tiles.roi``)."""
     from tqdm import tqdm
 
     slide = open_slide(path, slide_id)
@@ -121,13 +129,34 @@ def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict,
         raise UserError(f"slide {slide_id}: cannot decode {path} ({exc}); the file is probably corrupt or truncated") from None
     mask = qc.tissue_mask(thumb, opts["tissue"], opts["tissue_min_saturation"])
 
-    candidates = []
+    roi = None
+    if roi_file is not None:
+        from histosynth.slides.roi import check_scaled, roi_grid
+
+        roi = roi_grid(roi_file, slide_id, opts["roi"], (w0, h0), choice.stride0,
+                       *grid_shape((w0, h0), choice.stride0))
+    candidates, n_tissue, n_outside = [], 0, 0
     for i, j, x, y in grid_cells((w0, h0), choice.stride0):
         mx0, my0 = int(x / mds), int(y / mds)
         mx1, my1 = max(mx0 + 1, int((x + choice.stride0) / mds)), max(my0 + 1, int((y + choice.stride0) / mds))
         frac = float(mask[my0:my1, mx0:mx1].mean()) if mask[my0:my1, mx0:mx1].size else 0.0
         if frac >= opts["min_tissue_fraction"]:
-            candidates.append((i, j, x, y, frac))
+            n_tissue += 1
+            if roi is not None and not roi.inside[j, i]:
+                n_outside += 1
+                continue
+            candidates.append((i, j, x, y, frac, roi.at(i, j) if roi is not None else None))
+    if roi is not None:
+        check_scaled(roi, n_tissue - n_outside, (w0, h0), slide.level_downsamples, slide_id)
+        log.info("%s: regions of %s: %s; %d of %d tissue positions outside them", slide_id, roi.file,
+                 "none usable, the whole slide is tiled" if roi.whole else
+                 f"{roi.counts['regions']} region(s) of class(es) {roi.names}", n_outside, n_tissue)
+    label_col = None
+    roi_on = roi is not None or (opts.get("roi") or {}).get("dir") is not None  # the index gets the roi columns
+    if roi_on:
+        from histosynth.slides.roi import UNANNOTATED, label_column
+
+        label_col = label_column(opts)
 
     try:
         reader = GridReader(path, slide, choice, tile_px, grid_shape((w0, h0), choice.stride0), opts["reader"], slide_id)
@@ -137,7 +166,9 @@ def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict,
     normalize = _stain_normalizer(opts, reader, candidates, slide_id)
 
     def read(pos):
-        i, j, x, y, _ = pos
+        i, j, x, y, _, at = pos
+        if at is not None and at[2]:  # dropped for its region: never decoded
+            return None, NO_SCORES
         try:
             tile = reader.read(i, j, x, y)
         except Exception as exc:
@@ -156,9 +187,9 @@ def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict,
     n_kept = 0
     with TileStoreWriter(out_store, meta) as writer, ThreadPoolExecutor(max(1, threads)) as pool:
         it = _in_order(pool, read, candidates, window=8 * max(1, threads))
-        for (_, _, x, y, frac), (encoded, scores) in tqdm(zip(candidates, it), total=len(candidates), desc=slide_id,
-                                                          unit="tile", disable=not progress):
-            reason = qc.reject_reason(scores, opts)
+        for (_, _, x, y, frac, at), (encoded, scores) in tqdm(zip(candidates, it), total=len(candidates),
+                                                              desc=slide_id, unit="tile", disable=not progress):
+            reason = at[2] if at is not None and at[2] else qc.reject_reason(scores, opts)
             if not reason and max_tiles and n_kept >= max_tiles:
                 reason = "max_tiles"
             page = -1
@@ -167,28 +198,40 @@ def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict,
                 n_kept += 1
             if len(rows) % 32 == 31:  # every 32 tiles: no measurable cost
                 release_free_memory()  # peak memory stays flat however large the slide
-            rows.append(dict(slide_id=slide_id, patient_id=patient_id, label=label, page=page, x=x, y=y,
-                             level=choice.level, downsample=choice.downsample, mpp=tile_um / tile_px,
-                             mpp0=mpp0, tile_px=tile_px, tile_um=tile_um, tissue_fraction=frac, **scores,
-                             stain_norm=opts["stain_norm"],
-                             kept=not reason, reject_reason=reason))
+            row = dict(slide_id=slide_id, patient_id=patient_id, label=label, page=page, x=x, y=y,
+                       level=choice.level, downsample=choice.downsample, mpp=tile_um / tile_px,
+                       mpp0=mpp0, tile_px=tile_px, tile_um=tile_um, tissue_fraction=frac, **scores,
+                       stain_norm=opts["stain_norm"], kept=not reason, reject_reason=reason)
+            if roi_on:
+                overlap, cls, _ = at if at is not None else (float("nan"), "", "")
+                row.update(roi_overlap=overlap, roi_class=cls)
+                if label_col == "label" and cls:
+                    row["label"] = cls
+                elif label_col not in (None, "label"):
+                    row[label_col] = cls or UNANNOTATED
+            rows.append(row)
     cols = ["slide_id", "patient_id", "label", "page", "x", "y", "level", "downsample", "mpp", "mpp0", "tile_px", "tile_um",
             "tissue_fraction", "whitespace_fraction", "grayspace_fraction", "blur", "pen_fraction", "mean_od",
             "stain_norm", "kept", "reject_reason"]
+    if roi_on:
+        cols += ["roi_overlap", "roi_class"] + ([label_col] if label_col not in (None, "label") else [])
     df = pd.DataFrame(rows, columns=cols)
     df["store"] = str(out_store)
     if n_kept == 0 and opts.get("empty_slides", "fail") == "fail":
         Path(out_store).unlink(missing_ok=True)
         qc_png = Path(out_thumb).with_name(f"{Path(out_thumb).stem}.empty.png")
-        _write_thumbnail(thumb, mask, df, mds, choice.stride0, qc_png)
+        _write_thumbnail(thumb, mask, df, mds, choice.stride0, qc_png, roi)
         reasons = df["reject_reason"].value_counts().to_dict()
+        where = (f"; {n_outside} of {n_tissue} tissue positions outside the regions of {roi.file}"
+                 if roi is not None else "")
         raise UserError(f"slide {slide_id}: no tile kept ({len(candidates)} tissue positions"
-                        + (f"; rejected: {reasons}" if reasons else "; the tissue mask found no tissue") + "). "
+                        + (f"; rejected: {reasons}" if reasons else "; the tissue mask found no tissue"
+                           if not n_tissue else "") + where + "). "
                         f"See its QC thumbnail {qc_png}. Loosen the tiles.* filters that rejected them, drop the slide "
                         f"from the sample sheet, or set tiles.empty_slides: report to carry on without it (it is then "
                         f"listed in the report).")
     write_index(df, out_index)
-    _write_thumbnail(thumb, mask, df, mds, choice.stride0, out_thumb)
+    _write_thumbnail(thumb, mask, df, mds, choice.stride0, out_thumb, roi)
     if n_kept == 0:
         log.warning("%s: ZERO tiles kept (%d candidate positions); it is listed in the report", slide_id, len(candidates))
     log.info("%s: %d tiles kept of %d tissue positions (level %d, %.3f µm/px read, %d px -> %d px)", slide_id,
@@ -205,10 +248,13 @@ def _stain_normalizer(opts, reader, candidates, slide_id):
 
     ref = load_reference(opts["stain_reference"]) if opts.get("stain_reference") else None
     norm = StainNormalizer(opts["stain_norm"], ref)
+    candidates = [c for c in candidates if c[5] is None or not c[5][2]]  # not dropped for their region
+    if not candidates:
+        return None
     pick = np.unique(np.linspace(0, len(candidates) - 1, min(len(candidates), 4 * opts["stain_fit_tiles"])).astype(int))
     sample = []
     for k in pick:
-        i, j, x, y, _ = candidates[k]
+        i, j, x, y, _, _ = candidates[k]
         tile = reader.read(i, j, x, y)
         if not qc.reject_reason(qc.tile_scores(tile, opts["whitespace_threshold"], opts["grayspace_threshold"]), opts):
             sample.append(tile)
@@ -221,12 +267,16 @@ def _stain_normalizer(opts, reader, candidates, slide_id):
     return norm
 
 
-def _write_thumbnail(thumb, mask, df, mds, stride0, out):
+def _write_thumbnail(thumb, mask, df, mds, stride0, out, roi=None):
     img = Image.fromarray(thumb).convert("RGB")
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
     m = Image.fromarray((~mask).astype(np.uint8) * 90)
     overlay.paste(Image.new("RGBA", img.size, (0, 0, 60, 255)), mask=m)
     img = Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
+    if roi is not None:
+        from histosynth.slides.roi import draw_regions
+
+        img = draw_regions(img, roi, mds)
     d = ImageDraw.Draw(img)
     s = stride0 / mds
     for x, y, reason in zip(df["x"], df["y"], df["reject_reason"]):

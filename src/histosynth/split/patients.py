@@ -4,7 +4,10 @@ Tiles inherit their patient's partition, so no patient's tissue is on both sides
 evaluation. Each class keeps at least one test patient (and one val patient when
 ``val_fraction > 0``) as long as it has enough patients for a training patient to remain.
 A patient may carry several labels (slides of several tissues, or tumour and normal slides):
-it is one unit all the same, stratified with the patients of the same label set."""
+it is one unit all the same, stratified with the patients of the same label set.
+
+When tiles carry their own labels (``tiles.roi.labels``: the classes of annotated regions), a
+slide's labels are those of its kept tiles (``tile_label_sheet``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,22 +31,38 @@ def patient_labels(sheet: pd.DataFrame) -> pd.DataFrame:
                          "n_labels": labels.map(len).to_numpy()})
 
 
+def tile_label_sheet(sheet: pd.DataFrame, tiles: pd.DataFrame) -> pd.DataFrame:
+    """The sample sheet with each slide's label replaced by the labels of its kept tiles, one row
+    per slide and label (a slide without kept tiles keeps its sheet label). Identical to the sheet
+    when tiles carry their slide's label."""
+    kept = tiles.loc[tiles["kept"].astype(bool), ["slide_id", "label"]].astype(str).drop_duplicates()
+    by_slide = kept.groupby("slide_id")["label"].agg(sorted)
+    rows = []
+    for _, r in sheet.iterrows():
+        for lab in by_slide.get(str(r["slide_id"]), [str(r["label"])]):
+            rows.append({**r.to_dict(), "label": lab})
+    return pd.DataFrame(rows, columns=sheet.columns)
+
+
 def split_patients(sheet: pd.DataFrame, test_fraction: float, val_fraction: float, seed: int) -> pd.DataFrame:
     """Patients into train / val / test, stratified by their label (set): every patient with all
     its slides in one partition. Each single-label class keeps at least one test (and val) patient
     and one training patient; patients with several labels form strata of their own (rounded
-    shares, no minimum), and every label must end with a training patient and, when
-    test_fraction > 0, a test patient."""
+    shares, no minimum, unless one of its labels has no single-label patients: then it keeps the
+    minimums too), and every label must end with a training patient and, when test_fraction > 0,
+    a test patient."""
     pats = patient_labels(sheet)
     rng = np.random.default_rng(seed)
     parts = []
+    single = {lab for lab in pats["label"] if SEP not in lab}
     for label, grp in pats.groupby("label", sort=True):
         ids = np.array(sorted(grp["patient_id"]))
         rng.shuffle(ids)
         n = len(ids)
-        if SEP in label:  # several labels: the share of this combination, without a minimum
+        if SEP in label and (set(label.split(SEP)) <= single or n < 2):
+            # several labels, each also a class of its own: the share of this combination, without a minimum
             n_test, n_val = int(round(test_fraction * n)), int(round(val_fraction * n))
-        else:
+        else:  # one label, or a combination holding a label no single-label patient has (annotated regions)
             n_test = max(1, int(round(test_fraction * n))) if test_fraction > 0 else 0
             n_val = max(1, int(round(val_fraction * n))) if val_fraction > 0 else 0
             if n - n_test - n_val < 1:
