@@ -148,9 +148,12 @@ def tile_slide(path, slide_id: str, out_store, out_index, out_thumb, opts: dict,
             candidates.append((i, j, x, y, frac, roi.at(i, j) if roi is not None else None))
     if roi is not None:
         check_scaled(roi, n_tissue - n_outside, (w0, h0), slide.level_downsamples, slide_id)
-        log.info("%s: regions of %s: %s; %d of %d tissue positions outside them", slide_id, roi.file,
+        dropped = {k: sum(1 for c in candidates if c[5][2] == k) for k in ("roi_excluded", "roi_mixed")}
+        log.info("%s: regions of %s: %s; %d of %d tissue positions outside them; dropped for an excluded region %d, "
+                 "for lying in two classes' regions %d", slide_id, roi.file,
                  "none usable, the whole slide is tiled" if roi.whole else
-                 f"{roi.counts['regions']} region(s) of class(es) {roi.names}", n_outside, n_tissue)
+                 f"{roi.counts['regions']} region(s) of class(es) {roi.names}", n_outside, n_tissue,
+                 dropped["roi_excluded"], dropped["roi_mixed"])
     label_col = None
     roi_on = roi is not None or (opts.get("roi") or {}).get("dir") is not None  # the index gets the roi columns
     if roi_on:
