@@ -413,7 +413,10 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
         parts.append("<p>No slide yielded zero tiles.</p>")
     parts.append(_table([{"slide": k, "tiles": v} for k, v in s["tiles_per_slide"].items()], ["slide", "tiles"]))
     parts.append("<p>QC thumbnails: tissue mask (dark blue outside), kept tiles green, rejected: blue pen, "
-                 "grey white/grayspace, orange blur.</p><div class=grid>")
+                 "grey white/grayspace, orange blur"
+                 + ("; regions outlined in their QuPath colours, excluded regions shaded, magenta: tile in an "
+                    "excluded region, violet: tile in two classes' regions" if s.get("regions") else "")
+                 + ".</p><div class=grid>")
     for sid, p in qc_thumbs.items():
         parts.append(f"<figure>{_img(p, 220)}<figcaption>{html.escape(sid)}</figcaption></figure>")
     parts.append("</div>")
