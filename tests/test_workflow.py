@@ -95,6 +95,30 @@ def test_regions_restrict_and_label_the_tiles(workdir):
     assert ((thumb == (200, 0, 0)).all(1)).sum() > 100  # the regions drawn in their QuPath colour
 
 
+def test_real_tiles_projected_with_counterfactuals(workdir):
+    """The project rule on the class run: 4 real test tiles, their reconstructions, class-mean
+    images and counterfactuals in the npz (read without pickle), the table, the report."""
+    import pandas as pd
+
+    ev = workdir / "results/evaluate/stylegan2-class"
+    p = json.loads((ev / "projection.json").read_text())
+    assert p["n_tiles"] == 4 and p["partition"] == "test" and p["groups"] == ["all", "coarse", "middle"]
+    assert set(p["counterfactual"]) == set(p["groups"])
+    for v in p["counterfactual"].values():
+        assert 0 <= v["p_target_start"] <= 1 and 0 <= v["p_target_end"] <= 1
+    t = pd.read_parquet(ev / "projection.parquet")
+    tiles = pd.read_parquet(workdir / "results/split/tiles.parquet").set_index(["slide_id", "x", "y"])
+    assert (tiles.loc[list(zip(t.slide_id, t.x, t.y)), "partition"] == "test").all()
+    assert sorted(t["condition"]) == ["normal", "normal", "tumor", "tumor"]
+    assert (t["counterfactual"] != t["condition"]).all() and t["psnr"].between(5, 60).all()
+    with np.load(ev / "projection.npz", allow_pickle=False) as z:
+        assert z["ws"].shape[:2] == (4, 8) and z["real"].shape == (4, 32, 32, 3)
+        assert z["counterfactual"].shape == (4, 3, 32, 32, 3) and z["reconstruction"].dtype == np.uint8
+    s = json.loads((workdir / "results/report/summary.json").read_text())
+    assert s["projection"]["stylegan2-class"]["reconstruction"] == p["reconstruction"]
+    assert "Real tiles projected" in (workdir / "results/report/summary.html").read_text()
+
+
 def test_mask_run_end_to_end(workdir):
     """The layout path of the DAG: colour segmenter fitted on training tiles -> label maps per
     slide -> SPADE -> tiles from training and held-out maps -> mIoU and FID -> report."""

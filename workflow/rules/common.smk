@@ -43,6 +43,12 @@ STYLE_RUNS = [r for r, s in RUNS.items() if s.kind != "mask"]
 EXPR_RUNS = [r for r, s in RUNS.items() if s.kind == "expression"]
 MASK_RUN = next((r for r, s in RUNS.items() if s.kind == "mask"), None)
 ATTR_RUNS = [r for r, s in RUNS.items() if s.kind == "attributes"]
+# runs whose real test tiles are projected (generate.project.tiles > 0; rule project)
+PROJECT_RUNS = (
+    [r for r, s in RUNS.items() if s.kind in ("class", "attributes")]
+    if config["generate"]["project"]["tiles"]
+    else []
+)
 # runs whose network blends between two conditions (classes, attribute combinations, profiles)
 BLEND_RUNS = [
     r for r, s in RUNS.items() if s.kind in ("class", "attributes", "expression")
@@ -309,6 +315,8 @@ def report_inputs(wildcards):
             files += [f"{ev}/copies.json", f"{ev}/copies.png"]
         if r in ATTR_RUNS:
             files.append(f"{ev}/attributes.png")
+        if r in PROJECT_RUNS:
+            files += [f"{ev}/projection.json", f"{ev}/projection.png"]
         if r in BLEND_RUNS:
             files += [
                 f"{ev}/{f}"

@@ -110,6 +110,40 @@ rule blend_analysis:
         "--out-layers {output.layers} > {log} 2>&1"
 
 
+rule project:
+    input:
+        network="results/gan/{run}/network.pt",
+        tiles="results/split/tiles.parquet",
+        reference="results/evaluate/reference_classifier.pt",
+    output:
+        json="results/evaluate/{run}/projection.json",
+        table="results/evaluate/{run}/projection.parquet",
+        npz="results/evaluate/{run}/projection.npz",
+        png=report(
+            "results/evaluate/{run}/projection.png",
+            caption="../report/projection.rst",
+            category="Generation",
+            subcategory="{run}",
+        ),
+    log:
+        "logs/project/{run}.log",
+    wildcard_constraints:
+        run=_one_of(PROJECT_RUNS),
+    conda:
+        "../envs/torch.yaml"
+    threads: TORCH_THREADS
+    resources:
+        mem_mb=4000,
+        gpu=GPU_ONE,
+    params:
+        hs=HISTOSYNTH,
+        opts=opts("generate"),
+    shell:
+        "{params.hs} -q project --options {params.opts:q} --network {input.network} --tiles {input.tiles} "
+        "--reference {input.reference} --out-json {output.json} --out-table {output.table} "
+        "--out-npz {output.npz} --out-png {output.png} > {log} 2>&1"
+
+
 rule attribute_grids:
     input:
         network="results/gan/{run}/network.pt",

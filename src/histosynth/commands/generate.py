@@ -154,3 +154,33 @@ def generate_images(network, seeds, outdir, class_name=None, class_index=None, t
 
     paths = make_images(network, parse_seeds(seeds), outdir, class_name, class_index, trunc, noise_mode, default_device())
     log.info("wrote %d images to %s (%s ... %s)", len(paths), outdir, paths[0].name, paths[-1].name)
+
+
+def project(opts: dict, network, tiles, reference, out_json, out_table, out_npz, out_png, progress=True):
+    """``histosynth project``: real tiles projected into a class or attributes run, their
+    reconstruction quality and counterfactuals under the other condition (generate.project)."""
+    from histosynth.generate.project import projection_grid, run_projection
+    from histosynth.images import grid, save_png
+    from histosynth.slides.store import read_index
+    from histosynth.torch_utils.distributed import default_device
+    from histosynth.utils import atomic_path, write_json
+
+    o = dict(opts["project"])
+    if o["tiles"] < 1:
+        raise UserError("generate.project.tiles is 0: set how many real tiles to project (e.g. 64)")
+    summary, table, arrays = run_projection(network, read_index(tiles), reference, o, default_device(), progress)
+    summary["network"] = str(network)
+    with atomic_path(out_npz) as tmp, open(tmp, "wb") as fh:  # read back with np.load(allow_pickle=False)
+        np.savez_compressed(fh, **arrays)
+    with atomic_path(out_table) as tmp:
+        table.to_parquet(tmp, index=False)
+    imgs, rows = projection_grid(arrays, o["grid_tiles"])
+    save_png(grid(imgs, rows), out_png)
+    write_json(out_json, summary)
+    rec, base = summary["reconstruction"], summary["mean_image"]
+    log.info("projected %d tiles (%.1f s each): PSNR %.2f dB, SSIM %.3f, feature distance %.3f; the class-mean image "
+             "%.2f dB, %.3f, %.3f", summary["n_tiles"], summary["seconds_per_tile"], rec["psnr"], rec["ssim"],
+             rec["feature_distance"], base["psnr"], base["ssim"], base["feature_distance"])
+    for g, v in summary["counterfactual"].items():
+        log.info("counterfactual, %s layers: P(target) %.3f -> %.3f, moved towards the target in %.0f%% of tiles",
+                 g, v["p_target_start"], v["p_target_end"], 100 * v["moved_towards_target"])

@@ -39,6 +39,8 @@ def report(sheet, tiles, gan_dir, gan_run, run_name, metrics, study, qc_dir, out
                         for r in [gan_run, *(expression_run or [])]
                         if (eval_dir.parent / r / "blend_probability.json").exists()}
     runs = [gan_run, *(expression_run or []), *([mask_run] if mask_run else [])]
+    summary["projection"] = {r: json.loads((eval_dir.parent / r / "projection.json").read_text()) for r in runs
+                             if (eval_dir.parent / r / "projection.json").exists()}
     full = {r: json.loads((eval_dir.parent / r / "copies.json").read_text()) for r in runs
             if (eval_dir.parent / r / "copies.json").exists()}
     summary["copies"] = {r: copies_summary(c) for r, c in full.items()}

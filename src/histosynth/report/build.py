@@ -382,6 +382,33 @@ def copies_html(copies: dict | None, eval_dir) -> str:
             + "<p>Closest pairs (generated, training):</p>" + _img(Path(eval_dir) / "copies.png", 640))
 
 
+def projection_html(p: dict | None, eval_dir) -> str:
+    """The projection section: reconstruction quality against the class-mean image, the
+    counterfactuals' probabilities, and the grid (generate.project)."""
+    if not p:
+        return ""
+    rec, base, ci = p["reconstruction"], p["mean_image"], p["reconstruction_ci95"]
+    text = (f"<h3>Real tiles projected</h3><p>{p['n_tiles']} real {html.escape(p['partition'])} tiles projected "
+            f"({p['steps']} steps, {'W+' if p['w_plus'] else 'one w'}, noise {html.escape(p['noise'])}, "
+            f"{p['seconds_per_tile']:.1f} s per tile). Reconstruction: PSNR {rec['psnr']:.2f} dB (95% CI "
+            f"{ci['psnr'][0]:.2f}-{ci['psnr'][1]:.2f}), SSIM {rec['ssim']:.3f}, perceptual distance "
+            f"{rec['feature_distance']:.3f}; the tile's class-mean image: {base['psnr']:.2f} dB, {base['ssim']:.3f}, "
+            f"{base['feature_distance']:.3f}. The reconstruction is closer than the class-mean image for "
+            f"{p['better_than_mean_image']:.0%} of tiles.</p>")
+    if p["counterfactual"]:
+        rows = [{"layers": g, "P(other class) at the tile": v["p_target_start"],
+                 "P(other class) moved": v["p_target_end"], "tiles moved towards it": f"{v['moved_towards_target']:.0%}",
+                 "tiles crossing 0.5": f"{v['crossed']:.0%}", "mean crossing point": v["crossing_mean"]}
+                for g, v in p["counterfactual"].items()]
+        text += ("<p>Counterfactuals: the projected w moved to the other condition (its class-mean w minus the "
+                 "tile's), in all layers or one group; the reference classifier's probability of the other "
+                 "class:</p>" + _table(rows, list(rows[0])))
+    elif p.get("counterfactual_skipped"):
+        text += f"<p>{html.escape(p['counterfactual_skipped'])}.</p>"
+    return (text + "<p>Rows: real tile, reconstruction, class-mean image, counterfactual in "
+            + html.escape(", ".join(p["groups"])) + " layers.</p>" + _img(eval_dir / "projection.png", 560))
+
+
 def _crossing_text(t) -> str:
     return "never" if t is None else f"{t:.2f}"
 
@@ -447,6 +474,7 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                      f"seeds). Rows of the second image: the layer groups, first seed. Video: "
                      f"<a href='../evaluate/{html.escape(gan_run)}/blend.mp4'>blend.mp4</a>.</p>"
                      + _img(eval_dir / "blend_probability.png", 520) + " " + _img(eval_dir / "blend_layers.png", 640))
+    parts.append(projection_html((summary.get("projection") or {}).get(gan_run), eval_dir))
     if (eval_dir / "attributes.png").exists():
         parts.append("<h3>Per-attribute interpolation</h3><p>One seed; from the first combination of attribute values, "
                      "each row moves one attribute to another of its values while the others stay fixed.</p>"
