@@ -86,15 +86,37 @@ def test_quality_is_scikit_image_psnr_and_ssim():
     assert quality(a, a) == {"psnr": float("inf"), "ssim": 1.0}
 
 
-def test_expression_runs_are_refused_by_name(trained):
+def test_every_conditional_kind_gets_counterfactuals(trained, tmp_path, monkeypatch):
+    """An attributes run changes one attribute; an expression run moves towards another label's
+    training profile and needs the embeddings; a layout (mask) network is refused by name."""
+    import pandas as pd
+
     from histosynth.config import validate
+    from histosynth.gan import checkpoint
+    from histosynth.gan.conditioning import ConditioningSpec
     from histosynth.generate.project import run_projection
 
     _, _, wd = trained
-    o = validate({"generate": {"project": {"tiles": 2}}})["generate"]["project"]
-    import pandas as pd
+    monkeypatch.chdir(wd)  # the tile index names its stores relative to the run folder
+    o = validate({"generate": {"project": {"tiles": 2, "steps": 5, "counterfactual_steps": 3}}})["generate"]["project"]
+    tiles, ref = pd.read_parquet("results/split/tiles.parquet"), "results/evaluate/reference_classifier.pt"
+    # the class network's weights as an attributes run over the one column `label`
+    ck = checkpoint.load("results/gan/stylegan2-class/network.pt")
+    ck["conditioning"] = ConditioningSpec("attributes", ["label"], {"label": ["normal", "tumor"]}).to_dict()
+    ck["kind"] = "attributes"
+    checkpoint.save(tmp_path / "attrs.pt", ck)
+    s, t, _ = run_projection(tmp_path / "attrs.pt", tiles, ref, dict(o, attribute="label"))
+    assert s["column"] == "label" and set(s["counterfactual"]) == {"all", "coarse", "middle"}
+    assert sorted(zip(t["condition"], t["counterfactual"])) == [("normal", "tumor"), ("tumor", "normal")]
+    with pytest.raises(UserError, match="attribute 'site' is not a condition column"):
+        run_projection(tmp_path / "attrs.pt", tiles, ref, dict(o, attribute="site"))
 
-    tiles = pd.read_parquet(wd / "results/split/tiles.parquet")
-    with pytest.raises(UserError, match="expression-conditioned: projection with counterfactuals works on class"):
-        run_projection(wd / "results/gan/stylegan2-expression/network.pt", tiles,
-                       wd / "results/evaluate/reference_classifier.pt", o)
+    expr = "results/gan/stylegan2-expression/network.pt"
+    with pytest.raises(UserError, match="needs the β-VAE embeddings"):
+        run_projection(expr, tiles, ref, o)
+    s, t, arrays = run_projection(expr, tiles, ref, o, embeddings="results/expression/embeddings.parquet")
+    assert s["n_tiles"] == 2 and arrays["ws"].shape[0] == 2
+    for own, other in zip(t["condition"], t["counterfactual"]):
+        assert own.split(" (")[1] != other.split(" (")[1]  # towards a profile of the other label
+    with pytest.raises(UserError, match="generation from conditions|StyleGAN2"):
+        run_projection("results/gan/spade-layout/network.pt", tiles, ref, o)

@@ -96,8 +96,9 @@ def test_regions_restrict_and_label_the_tiles(workdir):
 
 
 def test_real_tiles_projected_with_counterfactuals(workdir):
-    """The project rule on the class run: 4 real test tiles, their reconstructions, class-mean
-    images and counterfactuals in the npz (read without pickle), the table, the report."""
+    """The project rule on the class and expression runs: 4 real test tiles each, their
+    reconstructions, class-mean images and counterfactuals in the npz (read without pickle), the
+    table, the report."""
     import pandas as pd
 
     ev = workdir / "results/evaluate/stylegan2-class"
@@ -116,7 +117,10 @@ def test_real_tiles_projected_with_counterfactuals(workdir):
         assert z["counterfactual"].shape == (4, 3, 32, 32, 3) and z["reconstruction"].dtype == np.uint8
     s = json.loads((workdir / "results/report/summary.json").read_text())
     assert s["projection"]["stylegan2-class"]["reconstruction"] == p["reconstruction"]
-    assert "Real tiles projected" in (workdir / "results/report/summary.html").read_text()
+    assert set(s["projection"]) == {"stylegan2-class", "stylegan2-expression"}  # towards another patient's profile
+    e = pd.read_parquet(workdir / "results/evaluate/stylegan2-expression/projection.parquet")
+    assert len(e) == 4 and all(a.split(" (")[1] != b.split(" (")[1] for a, b in zip(e["condition"], e["counterfactual"]))
+    assert (workdir / "results/report/summary.html").read_text().count("Real tiles projected") == 2
 
 
 def test_mask_run_end_to_end(workdir):

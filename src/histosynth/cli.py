@@ -59,9 +59,10 @@ COMMANDS = {
     "evaluate-profiles": ("histosynth.commands.expression:evaluate_profiles", "held-out profiles: FID to the patient's "
                           "own tiles vs other patients'", ["evaluate"],
                           ["--tiles", "--heldout", "--reference", "--transform", "--out", "--features?", "--grid?"]),
-    "project": ("histosynth.commands.generate:project", "real tiles into a class or attributes run: the w that "
-                "reproduces each, PSNR/SSIM, counterfactuals under the other condition", ["generate"],
-                ["--network", "--tiles", "--reference", "--out-json", "--out-table", "--out-npz", "--out-png"]),
+    "project": ("histosynth.commands.generate:project", "real tiles into a conditional StyleGAN2 run: the w that "
+                "reproduces each, PSNR/SSIM, counterfactuals under another condition", ["generate"],
+                ["--network", "--tiles", "--reference", "--out-json", "--out-table", "--out-npz", "--out-png",
+                 ("--embeddings", {"help": "beta-VAE embeddings (expression runs)"})]),
     "generate": ("histosynth.commands.generate:generate", "bulk-generate labelled synthetic tiles (+ class blending)",
                  ["generate"], ["--network", "--tiles", "--outdir", "--out-index", "--blend-png?", "--blend-gif?",
                                 "--latent-png?", "--latent-gif?", "--blend-mp4?"]),

@@ -45,7 +45,11 @@ MASK_RUN = next((r for r, s in RUNS.items() if s.kind == "mask"), None)
 ATTR_RUNS = [r for r, s in RUNS.items() if s.kind == "attributes"]
 # runs whose real test tiles are projected (generate.project.tiles > 0; rule project)
 PROJECT_RUNS = (
-    [r for r, s in RUNS.items() if s.kind in ("class", "attributes")]
+    [
+        r
+        for r, s in RUNS.items()
+        if s.kind in ("class", "attributes", "expression", "vector")
+    ]
     if config["generate"]["project"]["tiles"]
     else []
 )
@@ -282,6 +286,19 @@ def feature_inputs(wildcards):
     }
     if "inception-v3" in config["evaluate"]["extractors"]:
         inputs["weights"] = config["evaluate"]["inception_weights"]
+    return inputs
+
+
+def project_inputs(wildcards):
+    """The project rule's inputs: the network, the split, the reference classifier, and for an
+    expression run the beta-VAE embeddings of the held-out patients."""
+    inputs = {
+        "network": f"results/gan/{wildcards.run}/network.pt",
+        "tiles": "results/split/tiles.parquet",
+        "reference": "results/evaluate/reference_classifier.pt",
+    }
+    if RUNS[wildcards.run].kind == "expression":
+        inputs["embeddings"] = "results/expression/embeddings.parquet"
     return inputs
 
 

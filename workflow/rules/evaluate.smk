@@ -112,9 +112,7 @@ rule blend_analysis:
 
 rule project:
     input:
-        network="results/gan/{run}/network.pt",
-        tiles="results/split/tiles.parquet",
-        reference="results/evaluate/reference_classifier.pt",
+        unpack(project_inputs),
     output:
         json="results/evaluate/{run}/projection.json",
         table="results/evaluate/{run}/projection.parquet",
@@ -138,10 +136,13 @@ rule project:
     params:
         hs=HISTOSYNTH,
         opts=opts("generate"),
+        embeddings=lambda wc, input: (
+            f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else ""
+        ),
     shell:
         "{params.hs} -q project --options {params.opts:q} --network {input.network} --tiles {input.tiles} "
         "--reference {input.reference} --out-json {output.json} --out-table {output.table} "
-        "--out-npz {output.npz} --out-png {output.png} > {log} 2>&1"
+        "--out-npz {output.npz} --out-png {output.png} {params.embeddings} > {log} 2>&1"
 
 
 rule attribute_grids:

@@ -156,9 +156,10 @@ def generate_images(network, seeds, outdir, class_name=None, class_index=None, t
     log.info("wrote %d images to %s (%s ... %s)", len(paths), outdir, paths[0].name, paths[-1].name)
 
 
-def project(opts: dict, network, tiles, reference, out_json, out_table, out_npz, out_png, progress=True):
-    """``histosynth project``: real tiles projected into a class or attributes run, their
-    reconstruction quality and counterfactuals under the other condition (generate.project)."""
+def project(opts: dict, network, tiles, reference, out_json, out_table, out_npz, out_png, embeddings=None,
+            progress=True):
+    """``histosynth project``: real tiles projected into a conditional StyleGAN2 run, their
+    reconstruction quality and counterfactuals under another condition (generate.project)."""
     from histosynth.generate.project import projection_grid, run_projection
     from histosynth.images import grid, save_png
     from histosynth.slides.store import read_index
@@ -168,7 +169,8 @@ def project(opts: dict, network, tiles, reference, out_json, out_table, out_npz,
     o = dict(opts["project"])
     if o["tiles"] < 1:
         raise UserError("generate.project.tiles is 0: set how many real tiles to project (e.g. 64)")
-    summary, table, arrays = run_projection(network, read_index(tiles), reference, o, default_device(), progress)
+    summary, table, arrays = run_projection(network, read_index(tiles), reference, o, default_device(), progress,
+                                            embeddings)
     summary["network"] = str(network)
     with atomic_path(out_npz) as tmp, open(tmp, "wb") as fh:  # read back with np.load(allow_pickle=False)
         np.savez_compressed(fh, **arrays)

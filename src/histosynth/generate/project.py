@@ -19,7 +19,9 @@ as Wang et al.) on the uint8 tiles, and the perceptual distance.
 w under another condition" is the projected w moved by the difference of the two conditions'
 mean w's, ``w + t (w_target - w_source)``: in every layer, or only in the coarse, middle or fine
 layers (the groups of ``blend_analysis``), with the reference classifier's probability of the
-target class at each t and where it crosses 0.5.
+target class at each t and where it crosses 0.5. The other condition: the next class (class
+runs), the next value of one attribute (attributes runs), or the first training patient's
+profile of the next label (expression and vector runs: towards another patient's embedding).
 """
 from __future__ import annotations
 
@@ -201,9 +203,21 @@ def choose_tiles(tiles, column: str, values: list, n: int, partition: str, seed:
     return pd.concat(parts).sort_values([column, "slide_id", "y", "x"]).head(n)
 
 
-def run_projection(network, tiles, reference, o: dict, device="cpu", progress=True):
+def _profile_target(spec, label: str, values: list):
+    """(name, vector, label) of the counterfactual for a tile of `label` in an expression or
+    vector run: the first training profile (patient vector) of the next label."""
+    table = spec.extra["table"]
+    nxt = values[(values.index(label) + 1) % len(values)] if label in values else values[0]
+    key = sorted(k for k, v in table.items() if v["label"] == nxt)[0]
+    return f"{key} ({nxt})", np.asarray(table[key]["mu"], np.float32)[None], nxt
+
+
+def run_projection(network, tiles, reference, o: dict, device="cpu", progress=True, embeddings=None):
     """Project `o["tiles"]` real tiles of the split `tiles` into the network (see the module's
-    docstring). Returns (summary dict, per-tile table, arrays for the npz, grid rows)."""
+    docstring). Class and attributes runs change one condition column to its next value;
+    expression and vector runs move towards the first training profile of the next label
+    (`embeddings`: the β-VAE embeddings, for expression runs). Returns (summary dict, per-tile
+    table, arrays for the npz)."""
     import time
 
     import pandas as pd
@@ -215,26 +229,44 @@ def run_projection(network, tiles, reference, o: dict, device="cpu", progress=Tr
     from histosynth.utils import UserError
 
     G, spec, _ = stylegan2_network(network, device)
-    if spec.kind not in ("class", "attributes"):
-        raise UserError(f"{network} is {spec.kind}-conditioned: projection with counterfactuals works on class and "
-                        f"attributes runs (and imported class-conditional networks)")
+    if spec.kind not in ("class", "attributes", "expression", "vector"):
+        raise UserError(f"{network} is {spec.kind}-conditioned: projection needs a conditional StyleGAN2 (class, "
+                        f"attributes, expression or vector) for its counterfactuals")
     model, classes, ref = load_reference(reference, device)
     target = ref.get("target", "label")
-    col = spec.columns[0] if spec.kind == "class" else (o["attribute"] or target)
-    if col not in spec.columns:
-        raise UserError(f"generate.project.attribute {col!r} is not a condition column of {network} ({spec.columns})")
-    values = spec.categories[col]
-    if len(values) < 2:
-        raise UserError(f"{network}: condition column {col!r} has one value ({values}); there is no counterfactual")
+    profiles = spec.kind in ("expression", "vector")
+    if spec.kind == "expression":
+        if embeddings is None:
+            raise UserError(f"{network} is expression-conditioned: projection needs the β-VAE embeddings "
+                            f"(--embeddings results/expression/embeddings.parquet)")
+        from histosynth.expression.prepare import attach_embeddings
+
+        tiles = attach_embeddings(tiles, pd.read_parquet(embeddings))
+    if profiles:
+        col = "label"
+        values = sorted({v["label"] for v in spec.extra["table"].values()})
+        if "label" not in tiles.columns or len(values) < 2:
+            raise UserError(f"{network}: its training profiles carry fewer than two labels ({values}); there is no "
+                            f"counterfactual profile of another label")
+    else:
+        col = spec.columns[0] if spec.kind == "class" else (o["attribute"] or target)
+        if col not in spec.columns:
+            raise UserError(f"generate.project.attribute {col!r} is not a condition column of {network} "
+                            f"({spec.columns})")
+        values = spec.categories[col]
+        if len(values) < 2:
+            raise UserError(f"{network}: condition column {col!r} has one value ({values}); there is no "
+                            f"counterfactual")
     missing = [c for c in spec.columns if c not in tiles.columns]
     if missing:
         raise UserError(f"the tile index has no column {missing} that {network} is conditioned on")
     chosen = choose_tiles(tiles, col, values, o["tiles"], o["partition"], o["seed"])
+    if not profiles:
+        for c in spec.columns:
+            chosen = chosen[chosen[c].astype(str).isin(spec.categories[c])]
     if chosen.empty:
         raise UserError(f"no kept tile of partition {o['partition']!r} with a {col} the network knows ({values}); "
                         f"change generate.project.partition")
-    for c in spec.columns:
-        chosen = chosen[chosen[c].astype(str).isin(spec.categories[c])]
     real = load_tiles(chosen)
     if real.shape[1] != G.img_resolution:
         raise UserError(f"tiles are {real.shape[1]} px but {network} makes {G.img_resolution} px tiles")
@@ -242,38 +274,46 @@ def run_projection(network, tiles, reference, o: dict, device="cpu", progress=Tr
     feat = perceptual(model)
     stats = {}
 
-    def mean_w(cond):
-        key = tuple(sorted(cond.items()))
-        if key not in stats:
-            stats[key] = condition_w_stats(G, torch.from_numpy(spec.encode(pd.DataFrame([cond]))).to(device),
-                                           seed=o["seed"])[0]
-        return stats[key]
+    def mean_w(name, vec):
+        if name not in stats:
+            stats[name] = condition_w_stats(G, torch.from_numpy(vec).to(device), seed=o["seed"])[0]
+        return stats[name]
 
     rows, ws_all, recon_all, cf_all, base_all = [], [], [], [], []
     t0 = time.perf_counter()
     for k, (_, r) in enumerate(tqdm(list(chosen.iterrows()), desc="projecting", unit="tile", disable=not progress)):
-        own = {c: str(r[c]) for c in spec.columns}
-        other = dict(own, **{col: values[(values.index(own[col]) + 1) % len(values)]})
-        c = torch.from_numpy(spec.encode(pd.DataFrame([own]))).to(device)
+        if profiles:
+            own_vec = spec.encode(pd.DataFrame([r]))
+            key = r["expression_key"] if spec.kind == "expression" else r["patient_id"]
+            own_name = f"{key} ({r['label']})"
+            other_name, other_vec, other_value = _profile_target(spec, str(r["label"]), values)
+        else:
+            own = {c: str(r[c]) for c in spec.columns}
+            other = dict(own, **{col: values[(values.index(own[col]) + 1) % len(values)]})
+            own_vec, other_vec = (spec.encode(pd.DataFrame([d])) for d in (own, other))
+            own_name, other_name, other_value = spec.name(own), spec.name(other), other[col]
+        c = torch.from_numpy(own_vec).to(device)
         x = torch.from_numpy(real[k]).permute(2, 0, 1).float().to(device) / 127.5 - 1
         ws, recon, hist, maps = project(G, x, c, steps=o["steps"], w_plus=o["w_plus"], noise=o["noise"], features=feat,
                                         lr=o["lr"], pixel_weight=o["pixel_weight"], feature_weight=o["feature_weight"],
                                         noise_weight=o["noise_weight"], seed=o["seed"] + k)
-        base = synthesise(G, mean_w(own).reshape(1, 1, -1).expand(1, G.num_ws, -1))[0]
+        w_own = mean_w(own_name, own_vec)
+        base = synthesise(G, w_own.reshape(1, 1, -1).expand(1, G.num_ws, -1))[0]
         with torch.no_grad():
             f = feat(torch.stack([x, recon, base]))
             fd = (1 - F.cosine_similarity(f[:1], f[1:])).cpu().numpy()
         rec8, base8 = to_uint8(recon)[0], to_uint8(base)[0]
         q, qb = quality(real[k], rec8), quality(real[k], base8)
-        direction = (mean_w(other) - mean_w(own)).reshape(1, -1)
-        cf = counterfactual(G, ws, direction, model, classes.index(other[col]) if judged else 0,
+        direction = (mean_w(other_name, other_vec) - w_own).reshape(1, -1)
+        judge = judged and str(other_value) in classes
+        cf = counterfactual(G, ws, direction, model, classes.index(str(other_value)) if judge else 0,
                             o["counterfactual_steps"], maps)
         row = {"slide_id": r["slide_id"], "patient_id": r["patient_id"], "x": int(r["x"]), "y": int(r["y"]),
-               "condition": spec.name(own), "counterfactual": spec.name(other), "psnr": q["psnr"], "ssim": q["ssim"],
+               "condition": own_name, "counterfactual": other_name, "psnr": q["psnr"], "ssim": q["ssim"],
                "feature_distance": float(fd[0]), "mean_image_psnr": qb["psnr"], "mean_image_ssim": qb["ssim"],
                "mean_image_feature_distance": float(fd[1]), "final_loss": hist[-1] if hist else float("nan")}
         for g, v in cf.items():
-            if judged:
+            if judge:
                 row.update({f"p_{g}_start": v["p"][0], f"p_{g}_end": v["p"][-1],
                             f"crossing_{g}": np.nan if v["crossing"] is None else v["crossing"]})
         rows.append(row)
@@ -292,7 +332,7 @@ def run_projection(network, tiles, reference, o: dict, device="cpu", progress=Tr
                "mean_image": {m: float(table[f"mean_image_{m}"].mean()) for m in ("psnr", "ssim", "feature_distance")},
                "better_than_mean_image": float((table["psnr"] > table["mean_image_psnr"]).mean()),
                "groups": groups, "counterfactual": {}}
-    if judged:
+    if judged and f"p_{groups[0]}_end" in table.columns:
         for g in groups:
             s, e, cr = table[f"p_{g}_start"], table[f"p_{g}_end"], table[f"crossing_{g}"]
             summary["counterfactual"][g] = {"p_target_start": float(s.mean()), "p_target_end": float(e.mean()),
@@ -300,8 +340,8 @@ def run_projection(network, tiles, reference, o: dict, device="cpu", progress=Tr
                                             "crossed": float(cr.notna().mean()),
                                             "crossing_mean": float(cr.mean()) if cr.notna().any() else None}
     else:
-        summary["counterfactual_skipped"] = (f"the reference classifier predicts {target}, not {col}: "
-                                             f"counterfactual images without probabilities")
+        summary["counterfactual_skipped"] = (f"the reference classifier predicts {target} ({classes}), not the "
+                                             f"{col} the counterfactual changes: images without probabilities")
     arrays = {"ws": np.stack(ws_all), "real": real, "reconstruction": np.stack(recon_all),
               "mean_image": np.stack(base_all), "counterfactual": np.stack(cf_all),
               "groups": np.array(groups)}

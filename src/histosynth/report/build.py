@@ -250,7 +250,8 @@ def expression_html(summary: dict, run: str, eval_dir, expression_dir) -> str:
                    f"patient whose profile generated them ({c['strong']:.1%} strongly).</p>" + concordance_warning(c)
                  + (verdict_html(summary["verdict"][run]) if run in summary.get("verdict", {}) else "")
                  + colour_html((summary.get("colour") or {}).get(run))
-                 + copies_html((summary.get("copies_full") or {}).get(run), eval_dir))
+                 + copies_html((summary.get("copies_full") or {}).get(run), eval_dir)
+                 + projection_html((summary.get("projection") or {}).get(run), eval_dir))
     parts.append("<h3>Does the profile carry tissue information? (held-out test patients)</h3>"
                  "<p>For each test patient, tiles generated from its profile are compared with its own real tiles and, "
                  "at the same sample size, with each other test patient's real tiles; gap = FID(other) − FID(same), "
@@ -400,12 +401,13 @@ def projection_html(p: dict | None, eval_dir) -> str:
                  "P(other class) moved": v["p_target_end"], "tiles moved towards it": f"{v['moved_towards_target']:.0%}",
                  "tiles crossing 0.5": f"{v['crossed']:.0%}", "mean crossing point": v["crossing_mean"]}
                 for g, v in p["counterfactual"].items()]
-        text += ("<p>Counterfactuals: the projected w moved to the other condition (its class-mean w minus the "
-                 "tile's), in all layers or one group; the reference classifier's probability of the other "
-                 "class:</p>" + _table(rows, list(rows[0])))
+        text += ("<p>Counterfactuals: the projected w moved to the other condition (the other condition's mean w "
+                 "minus the tile's: the next class, attribute value, or another label's training profile), in all "
+                 "layers or one group; the reference classifier's probability of the other class:</p>"
+                 + _table(rows, list(rows[0])))
     elif p.get("counterfactual_skipped"):
         text += f"<p>{html.escape(p['counterfactual_skipped'])}.</p>"
-    return (text + "<p>Rows: real tile, reconstruction, class-mean image, counterfactual in "
+    return (text + "<p>Rows: real tile, reconstruction, the mean image of its condition, counterfactual in "
             + html.escape(", ".join(p["groups"])) + " layers.</p>" + _img(eval_dir / "projection.png", 560))
 
 
