@@ -1,10 +1,13 @@
 """Training tiles for the GAN: read from tile stores, training patients only, as [-1, 1] tensors.
 
 Batches are drawn by index lists from a seeded generator the trainer owns (and checkpoints),
-so a resumed run sees exactly the batches an uninterrupted run would."""
+so a resumed run sees exactly the batches an uninterrupted run would. Tiles that do not fit in
+memory are read ahead (:class:`ReadAhead`): the draws of the next batches are made early, in the
+seeded order, and their tiles decoded by threads while the training step runs."""
 from __future__ import annotations
 
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,7 +15,6 @@ import pandas as pd
 import torch
 
 from histosynth.slides.store import TileStore, load_tiles
-from histosynth.torch_utils.images import dihedral, dihedral_draws
 from histosynth.utils import UserError
 
 
@@ -53,18 +55,44 @@ class TileSource:
         if self.preloaded is not None:
             return self.preloaded[torch.as_tensor(idx).to(self.preloaded.device, non_blocking=True)]
         tiles = list(self._pool.map(self._read, list(idx)))
-        return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
+        # contiguous as the preloaded tiles are: a channels-last batch would take other conv kernels
+        return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
+
+
+class ReadAhead:
+    """Batches drawn `depth` steps ahead and read from the stores by a background thread (whose
+    reads fan out over the source's decode threads) while the training step runs; pinned when
+    they go to a GPU. Every random draw of a batch (`draw(n, gen)`: tile rows, flips, the fake
+    conditions...) is made from the trainer's generator in the same order as without read-ahead,
+    only earlier, so the batches are the same; :meth:`state` is the generator's state before the
+    first batch drawn and not yet used, which is what a checkpoint must record for a resume to
+    continue with that batch. With `depth` 0 (tiles in memory) batches are drawn and read when
+    asked for."""
+
+    def __init__(self, source: TileSource, draw, depth: int, pin: bool = False):
+        self.source, self.draw, self.depth, self.pin = source, draw, max(0, depth), pin
+        self.queue: deque = deque()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="read-ahead") if self.depth else None
+
+    def _read(self, idx) -> torch.Tensor:
+        x = self.source.get(idx)
+        return x.pin_memory() if self.pin else x
+
+    def next(self, n: int, gen: torch.Generator):
+        """(the draws, the uint8 tiles) of the next batch of n."""
+        while len(self.queue) <= self.depth:
+            state = gen.get_state()
+            d = self.draw(n, gen)
+            self.queue.append((state, d, self._thread.submit(self._read, d["idx"]) if self._thread else None))
+        _, d, fut = self.queue.popleft()
+        return d, fut.result() if fut is not None else self._read(d["idx"])
+
+    def state(self, gen: torch.Generator) -> torch.Tensor:
+        return self.queue[0][0] if self.queue else gen.get_state()
 
 
 def to_float(x_uint8: torch.Tensor, device) -> torch.Tensor:
     return x_uint8.to(device, non_blocking=True).float() / 127.5 - 1
-
-
-def random_dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random flip / 90° rotation per image (histology has no orientation). The draws come from
-    `gen` (a CPU generator the trainer checkpoints); square batches are transformed on their
-    own device with no per-image loop and no host sync."""
-    return dihedral(x, *dihedral_draws(x.shape[0], gen))
 
 
 def sampling_weights(index: pd.DataFrame, balance_column: str | None) -> torch.Tensor:
