@@ -83,6 +83,8 @@ def adopt_pretrained(run: RunSpec, tiles: pd.DataFrame, outdir, device, threads:
                     n_train_patients=None, device=str(device), torch=torch.__version__))
     with atomic_path(outdir / "stats.jsonl") as tmp:
         tmp.write_text("")  # no training ticks
+    with atomic_path(outdir / "metrics.jsonl") as tmp:
+        tmp.write_text("")  # no snapshots
     ckpt.save(outdir / "network.pt", state)
     log.info("run %s: adopted %s (%s, MD5 %s) instead of training", run.name, path, imported["tool"], imported["md5"])
     return outdir / "network.pt"
