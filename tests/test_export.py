@@ -42,6 +42,9 @@ def _card(out, expected, fmt):
     assert card["training_cohort"]["patients"] == 4 and card["evaluation"]["metrics"]["domain"]["fid_real_vs_real"] > 0
     md = (out / "DATASET.md").read_text()
     assert "## Copy audit" in md and "## Limits of use" in md and card["generator"]["network_md5"] in md
+    sel = card["generator"]["selection"]  # the e2e config selects the best snapshot by FID
+    assert sel["choice"] == "best" and sel["metric"] == "fid" and f"{sel['value']:.3f}" in md
+    assert card["generator"]["network"].endswith("selected.pt") and "the best snapshot" in md
     return card
 
 

@@ -65,6 +65,41 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert (tmp_path / "b" / "samples" / "reals.png").exists()
 
 
+def test_read_ahead_from_stores_trains_on_the_preloaded_batches_and_resumes_exactly(tmp_path):
+    """Tiles read from the stores with read-ahead (preload_max_mb 0) give the networks of the
+    preloaded path bit for bit, also when the run is killed after a snapshot and resumed (the
+    checkpoint records the sampler before the batches read ahead); the reads run ahead of use."""
+    from histosynth.gan.dataset import ReadAhead, TileSource
+
+    index, _, _ = toy_index(tmp_path, 32)
+    pre = load(train(index, tmp_path / "pre", tiny_opts(kimg=0.4), progress=False))
+    ahead = load(train(index, tmp_path / "ahead", tiny_opts(kimg=0.4, preload_max_mb=0, read_ahead=3), progress=False,
+                       threads=2))
+    train(index, tmp_path / "b", tiny_opts(kimg=0.2, preload_max_mb=0, read_ahead=3), progress=False)
+    resumed = load(train(index, tmp_path / "b", tiny_opts(kimg=0.4, preload_max_mb=0, read_ahead=5), progress=False))
+    for other in (ahead, resumed):
+        for key in ("G", "D", "G_ema"):
+            assert all(torch.equal(pre[key][k], other[key][k]) for k in pre[key]), key
+
+    src = TileSource(index, 16, preload_max_mb=0, threads=2)
+    reads = []
+
+    def draw(n, gen):
+        return {"idx": torch.randint(0, len(index), (n,), generator=gen)}
+
+    ra = ReadAhead(src, draw, 3)
+    ra._read = lambda idx, read=ra._read: reads.append(idx) or read(idx)
+    gen = torch.Generator().manual_seed(0)
+    first = gen.get_state()
+    d, tiles = ra.next(4, gen)
+    assert tiles.shape == (4, 3, 16, 16) and torch.equal(tiles, src.get(d["idx"]))
+    assert len(ra.queue) == 3 and all(f.result(timeout=30) is not None for _, _, f in ra.queue)
+    assert len(reads) == 4  # the next three batches were read before anyone asked for them
+    again = torch.Generator().manual_seed(0)
+    draw(4, again)
+    assert torch.equal(ra.state(gen), again.get_state()) and not torch.equal(ra.state(gen), first)
+
+
 def test_ddp_two_processes_keep_identical_weights(tmp_path):
     import os
     import subprocess

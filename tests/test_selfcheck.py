@@ -23,12 +23,13 @@ def test_selfcheck_cpu_reports_every_item_and_fails_loudly(tmp_path, monkeypatch
     assert [n for n, it in status.items() if it["status"] == "FAIL"] == ["train spade", "train pix2pix"]
     assert "injected failure" in status["train spade"]["error"]
     for name in ("train class", "train attributes", "train expression", "generate", "reference classifier",
-                 "evaluate", "classify"):
+                 "fine-tune (read-ahead, metrics)", "evaluate", "classify"):
         assert status[name]["status"] == "PASS", status[name]
         assert status[name]["speed"] > 0
     for name in ("train class", "train attributes", "train expression"):
         assert "r1" in status[name]["detail"] and "ADA p 0.5" in status[name]["detail"]
     assert "FID" in status["evaluate"]["detail"] and "mixed" in status["classify"]["detail"]
+    assert "FID" in status["fine-tune (read-ahead, metrics)"]["detail"]
     stats = [json.loads(x) for x in open(tmp_path / "sc" / "gan-class" / "stats.jsonl")]
     assert all(s["augment_p"] == 0.5 for s in stats)
     assert report["ok"] is False and report["bf16"] is False

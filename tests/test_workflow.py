@@ -23,6 +23,13 @@ def test_summary_has_every_design_key_with_measured_values(workdir):
     assert isinstance(s["slides"]["zero_tile_slides"], list)
     g = s["gan"]["stylegan2-class"]
     assert g["kimg"] >= 0.3 and g["resolution"] == 32 and g["conditioning"] == "class"
+    # snapshot metrics at each of every run's snapshots; the best by FID is the network used downstream
+    for name, gr in s["gan"].items():
+        series = gr["snapshot_metrics"]["series"]
+        assert len(series) == 2 and all(r["fid"] > 0 and 0 <= r["precision"] <= 1 for r in series), name
+        best = min(series, key=lambda r: (r["fid"], r["kimg"]))
+        assert (gr["selection"]["choice"], gr["selection"]["kimg"]) == ("best", best["kimg"]), name
+        assert gr["selection"]["value"] == best["fid"] and 0 < gr["snapshot_metrics"]["eval_share"], name
     m = s["metrics"]["stylegan2-class"]["domain"]
     for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "n_real", "n_fake", "fid_real_vs_real"):
         assert isinstance(m[k], (int, float)) and math.isfinite(m[k]), k
@@ -399,7 +406,13 @@ def test_killed_anywhere_and_restarted_equals_uninterrupted(workdir, tmp_path):
     for key in ("slides", "metrics", "concordance", "classifier", "masks"):
         assert sa.get(key) == sb.get(key), (key, kills)
 
-    def untimed(runs):  # training speed is wall-clock, the one thing a restart may change
-        return {r: {k: v for k, v in o.items() if "per_sec" not in k} for r, o in runs.items()}
+    def untimed(runs):  # training speed and evaluation times are wall-clock, what a restart may change
+        out = {r: {k: v for k, v in o.items() if "per_sec" not in k} for r, o in runs.items()}
+        for o in out.values():
+            sm = o.get("snapshot_metrics")
+            if sm:
+                o["snapshot_metrics"] = dict(sm, eval_share=None, series=[
+                    {k: v for k, v in x.items() if not k.startswith("eval_")} for x in sm["series"]])
+        return out
 
     assert untimed(sa["gan"]) == untimed(sb["gan"]), kills

@@ -41,7 +41,12 @@ COMMANDS = {
                   ["--tiles", "--outdir", ("--run-spec", {"help": "the run as JSON (name, kind, gan, masks)"}),
                    ("--run", {"help": "with --config: the run's name (default gan.name)"}),
                    ("--embeddings", {"help": "beta-VAE embeddings per patient/slide (expression runs)"}),
+                   ("--reference", {"help": "gan.metrics in the domain space: the reference classifier"}),
+                   ("--metrics-weights", {"help": "gan.metrics in inception-v3/uni/phikon: its weights file"}),
                    ("--threads", {**INT, "default": 1})]),
+    "select-snapshot": ("histosynth.commands.gan:select_snapshot", "the network downstream stages use: the last, "
+                        "best or a given snapshot of a run (generate.snapshot)", ["generate"],
+                        ["--run-dir", "--out"]),
     "expression-prepare": ("histosynth.commands.expression:expression_prepare", "expression matrix -> standardised "
                            "profiles of the cohort (fitted on training patients)", ["expression"],
                            ["--sheet", "--split", "--out-profiles", "--out-transform",
@@ -139,8 +144,9 @@ COMMANDS = {
                 ("--force", {"action": "store_true", "help": "replace --out if it holds anything"})]),
     "classify": ("histosynth.commands.classify:classify", "the augmentation study: real / synthetic / mixed arms",
                  ["classify"], ["--tiles", "--synthetic", "--network", "--outdir"]),
-    "plot-training": ("histosynth.commands.report:plot_training", "a run's losses by kimg (stats.jsonl -> PNG)", [],
-                      ["--stats", "--out"]),
+    "plot-training": ("histosynth.commands.report:plot_training", "a run's losses by kimg (stats.jsonl -> PNG), "
+                      "with its snapshot metrics (metrics.jsonl) and the selected snapshot", [],
+                      ["--stats", "--out", "--metrics?", "--network?"]),
     "report": ("histosynth.commands.report:report", "summary.json and summary.html", [],
                ["--sheet", "--tiles", "--gan-dir", "--gan-run", "--run-name", "--metrics", "--study", "--qc-dir",
                 "--out-json", "--out-html", "--expression-dir?", "--mask-run?",

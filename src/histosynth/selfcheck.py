@@ -240,6 +240,27 @@ def run_selfcheck(device: str = "auto", outdir=None, steps: int | None = None, r
 
     item("reference classifier", reference, ["tiles"])
 
+    def finetune(it):
+        """The class network fine-tuned with FreezeD, its tiles read from the stores ahead of the
+        step (pinned memory on a GPU), FID measured at each snapshot on the device."""
+        from histosynth.gan.training.loop import train
+        from histosynth.gan.training.snapshots import read_series
+
+        out = root / "gan-finetune"
+        kimg = size["steps"] * size["batch"] / 1000
+        train(cohort["df"], out, gan_opts(finetune_from=str(root / "gan-class" / "network.pt"), freeze_d=1,
+                                          preload_max_mb=0, read_ahead=2, metrics=["fid"], metrics_samples=64,
+                                          snap_kimg=kimg / 2), progress=progress,
+              files={"reference": str(root / "reference.pt")})
+        series = read_series(out)
+        if len(series) != 2 or not all(np.isfinite(r["fid"]) for r in series):
+            raise AssertionError(f"expected two finite snapshot FIDs, got {series}")
+        it.speed, it.unit = _img_per_sec(out), "img/s"
+        it.detail = (_check_stats(out, ["loss_G", "loss_D"]) + f", FID {series[0]['fid']:.2f} -> "
+                     f"{series[1]['fid']:.2f} ({np.mean([r['eval_share'] for r in series]):.0%} of training time)")
+
+    item("fine-tune (read-ahead, metrics)", finetune, ["train class", "reference classifier"])
+
     def evaluate(it):
         from histosynth.evaluate.features import extract
         from histosynth.evaluate.run import evaluate_features

@@ -43,10 +43,12 @@ def plain(obj, where: str = "checkpoint"):
 
 
 def save(path, obj: dict) -> None:
-    """Write `obj` (tensors + plain data) atomically: a killed job leaves nothing at `path`."""
+    """Write `obj` (tensors + plain data) atomically: a killed job leaves nothing at `path`. The
+    same data gives the same bytes (written through a file object, the archive is not named after
+    the temporary file), so files compare and cache by their digest."""
     data = plain(obj)
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(data, f)
 
 
 def load(path, what: str = "network file", remedy: str = "re-run the rule that writes it") -> dict:

@@ -2,7 +2,7 @@ rule classify:
     input:
         tiles="results/split/tiles.parquet",
         synthetic=f"results/generate/{GAN}/synthetic.parquet",
-        network=f"results/gan/{GAN}/network.pt",
+        network=f"results/gan/{GAN}/selected.pt",
     output:
         study="results/classify/study.json",
         predictions="results/classify/predictions.parquet",

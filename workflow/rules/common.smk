@@ -159,9 +159,39 @@ def gan_inputs(wildcards):
     }
     if kind == "expression":
         inputs["embeddings"] = "results/expression/embeddings.parquet"
-    if RUNS[wildcards.run].gan["pretrained"]:
-        inputs["pretrained"] = RUNS[wildcards.run].gan["pretrained"]
+    gan = RUNS[wildcards.run].gan
+    if gan["pretrained"]:
+        inputs["pretrained"] = gan["pretrained"]
+    if gan["finetune_from"]:
+        inputs["finetune_from"] = gan["finetune_from"]
+    if gan["metrics"] and not gan["pretrained"]:
+        extractor = gan["metrics_extractor"]
+        if extractor == "domain":
+            inputs["reference"] = "results/evaluate/reference_classifier.pt"
+        else:
+            inputs["metrics_weights"] = config["evaluate"][
+                metrics_weights_key(extractor)
+            ]
     return inputs
+
+
+def metrics_weights_key(extractor):
+    return {"inception-v3": "inception_weights"}.get(extractor, f"{extractor}_weights")
+
+
+def metrics_args(wildcards, input):
+    """train_gan's arguments for the snapshot metrics' feature space."""
+    args = ""
+    if "reference" in input.keys():
+        args += f" --reference {input.reference}"
+    if "metrics_weights" in input.keys():
+        args += f" --metrics-weights {input.metrics_weights}"
+    return args
+
+
+def snapshot_choice(wildcards):
+    """generate.snapshot alone (a change of other generate keys leaves the choice as it is)."""
+    return json.dumps({"snapshot": config["generate"]["snapshot"]})
 
 
 def launcher(wildcards):
@@ -293,7 +323,7 @@ def project_inputs(wildcards):
     """The project rule's inputs: the network, the split, the reference classifier, and for an
     expression run the beta-VAE embeddings of the held-out patients."""
     inputs = {
-        "network": f"results/gan/{wildcards.run}/network.pt",
+        "network": f"results/gan/{wildcards.run}/selected.pt",
         "tiles": "results/split/tiles.parquet",
         "reference": "results/evaluate/reference_classifier.pt",
     }
@@ -318,6 +348,8 @@ def report_inputs(wildcards):
         files = [
             f"{gan}/training_options.json",
             f"{gan}/stats.jsonl",
+            f"{gan}/metrics.jsonl",
+            f"{gan}/selected.pt",
             f"{ev}/training.png",
         ]
         if spec.kind == "mask":
@@ -362,7 +394,7 @@ def report_inputs(wildcards):
 def stage_outputs(stage):
     """What the networks / generated / evaluated stage targets ask for, over every run."""
     if stage == "networks":
-        return [f"results/gan/{r}/network.pt" for r in RUNS]
+        return [f"results/gan/{r}/selected.pt" for r in RUNS]
     if stage == "generated":
         return [f"results/generate/{r}/synthetic.parquet" for r in RUNS]
     out = [f"results/evaluate/{r}/metrics.json" for r in STYLE_RUNS]
@@ -411,7 +443,7 @@ def export_inputs(wildcards):
     run, mask = wildcards.run, wildcards.run == MASK_RUN
     inputs = {
         "synthetic": f"results/generate/{run}/synthetic.parquet",
-        "network": f"results/gan/{run}/network.pt",
+        "network": f"results/gan/{run}/selected.pt",
         "options": f"results/gan/{run}/training_options.json",
         "evaluation": f"results/evaluate/{run}/{'layout' if mask else 'metrics'}.json",
         "cohort": (

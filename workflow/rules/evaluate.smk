@@ -80,7 +80,7 @@ rule evaluate:
 
 rule blend_analysis:
     input:
-        network="results/gan/{run}/network.pt",
+        network="results/gan/{run}/selected.pt",
         reference="results/evaluate/reference_classifier.pt",
     output:
         json="results/evaluate/{run}/blend_probability.json",
@@ -147,7 +147,7 @@ rule project:
 
 rule attribute_grids:
     input:
-        network="results/gan/{run}/network.pt",
+        network="results/gan/{run}/selected.pt",
     output:
         report(
             "results/evaluate/{run}/attributes.png",

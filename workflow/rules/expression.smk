@@ -71,7 +71,7 @@ rule train_vae:
 
 rule generate_heldout:
     input:
-        network="results/gan/{run}/network.pt",
+        network="results/gan/{run}/selected.pt",
         tiles="results/split/tiles.parquet",
         embeddings="results/expression/embeddings.parquet",
     output:
@@ -98,7 +98,7 @@ rule generate_heldout:
 
 rule generate_profiles:
     input:
-        network="results/gan/{run}/network.pt",
+        network="results/gan/{run}/selected.pt",
         tiles="results/split/tiles.parquet",
         vae="results/expression/vae.pt",
         profiles=config["expression"]["new_profiles"] or [],

@@ -8,6 +8,7 @@ rule train_gan:
     output:
         network=protected("results/gan/{run}/network.pt"),
         stats="results/gan/{run}/stats.jsonl",
+        metrics="results/gan/{run}/metrics.jsonl",
         options="results/gan/{run}/training_options.json",
         samples=directory("results/gan/{run}/samples"),
     log:
@@ -28,14 +29,33 @@ rule train_gan:
         embeddings=lambda wc, input: (
             f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else ""
         ),
+        metrics=metrics_args,
     shell:
         "{params.launcher} -q train-gan --run-spec {params.spec:q} --tiles {input.tiles} --outdir {params.outdir} "
-        "{params.embeddings} --threads {threads} > {log} 2>&1"
+        "{params.embeddings}{params.metrics} --threads {threads} > {log} 2>&1"
+
+
+rule select_snapshot:
+    input:
+        network="results/gan/{run}/network.pt",
+    output:
+        "results/gan/{run}/selected.pt",
+    log:
+        "logs/select_snapshot/{run}.log",
+    conda:
+        "../envs/torch.yaml"
+    params:
+        hs=HISTOSYNTH,
+        choice=snapshot_choice,
+        run_dir=lambda wc, input: Path(input.network).parent,
+    shell:
+        "{params.hs} -q select-snapshot --options {params.choice:q} --run-dir {params.run_dir} --out {output} "
+        "> {log} 2>&1"
 
 
 rule generate:
     input:
-        network="results/gan/{run}/network.pt",
+        network="results/gan/{run}/selected.pt",
         tiles="results/split/tiles.parquet",
     output:
         index="results/generate/{run}/synthetic.parquet",

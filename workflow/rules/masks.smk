@@ -115,7 +115,7 @@ rule train_segnet:
 
 rule generate_layout:
     input:
-        network="results/gan/{run}/network.pt",
+        network="results/gan/{run}/selected.pt",
         index="results/masks/index.parquet",
     output:
         index="results/generate/{run}/synthetic.parquet",

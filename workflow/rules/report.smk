@@ -1,6 +1,8 @@
 rule plot_training:
     input:
-        "results/gan/{run}/stats.jsonl",
+        stats="results/gan/{run}/stats.jsonl",
+        metrics="results/gan/{run}/metrics.jsonl",
+        network="results/gan/{run}/selected.pt",
     output:
         "results/evaluate/{run}/training.png",
     log:
@@ -13,7 +15,8 @@ rule plot_training:
     params:
         hs=HISTOSYNTH,
     shell:
-        "{params.hs} -q plot-training --stats {input} --out {output} > {log} 2>&1"
+        "{params.hs} -q plot-training --stats {input.stats} --metrics {input.metrics} --network {input.network} "
+        "--out {output} > {log} 2>&1"
 
 
 rule report:

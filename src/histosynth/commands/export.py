@@ -24,6 +24,17 @@ def _read_json(path: Path, what: str, target: str):
     return json.loads(path.read_text())
 
 
+def _snapshot_text(sel: dict | None) -> str:
+    """How the network was chosen among the run's snapshots (generate.snapshot), in words."""
+    if not sel:
+        return "the run's final G_ema"
+    what = {"last": "the last snapshot", "best": "the best snapshot"}.get(sel["choice"], "the snapshot asked for")
+    text = f"G_ema of {what} (generate.snapshot: {sel['choice']}), {sel['kimg']:g} of {sel['last_kimg']:g} kimg"
+    if sel.get("value") is not None:
+        text += f", {sel['metric'].replace('one_minus_precision', '1 - precision')} {sel['value']:.3f} in {sel['extractor']}"
+    return text
+
+
 def _metadata(syn, kind: str, conditioning: dict):
     """The columns the dataset keeps, and the index with them."""
     cols = [c for c in KEEP if c in syn.columns]
@@ -64,8 +75,6 @@ def export(opts: dict, run: str, format: str, out, results: str = "results", con
     export.allow_copying. The folder appears complete or not at all."""
     import importlib.metadata
 
-    import torch
-
     from histosynth.report.build import fidelity_verdict
     from histosynth.report.card import build_card, card_markdown
     from histosynth.report.dataset import FORMATS, write_hdf5, write_imagefolder, write_webdataset
@@ -80,10 +89,13 @@ def export(opts: dict, run: str, format: str, out, results: str = "results", con
     if not syn_path.exists():
         raise UserError(f"{syn_path} is missing: run {run!r} has no generated tiles in {res} (`snakemake --cores all "
                         f"{syn_path}`), or the run name is wrong")
-    net_path = res / "gan" / run / "network.pt"
+    net_path = res / "gan" / run / "selected.pt"
     if not net_path.exists():
-        raise UserError(f"{net_path} is missing: the network that generated run {run!r}'s tiles")
-    net = torch.load(net_path, map_location="cpu", weights_only=True)
+        raise UserError(f"{net_path} is missing: the network that generated run {run!r}'s tiles (the select_snapshot "
+                        f"rule writes it: `snakemake --cores all {net_path}`)")
+    from histosynth.gan.checkpoint import read_metadata
+
+    net = read_metadata(net_path)
     kind = net.get("kind", "class")
     opts_json = _read_json(res / "gan" / run / "training_options.json", "run's training options", str(net_path))
     syn = read_index(syn_path).reset_index(drop=True)
@@ -124,7 +136,8 @@ def export(opts: dict, run: str, format: str, out, results: str = "results", con
         config_digest = hashlib.sha256(json.dumps(load_config(config), sort_keys=True, default=str).encode()).hexdigest()
     network = {"run": run, "kind": kind, "network": str(net_path), "network_md5": md5_of(net_path),
                "architecture": opts_json.get("mask", {}).get("method", "spade") if kind == "mask" else "StyleGAN2",
-               "kimg": float(net.get("cur_nimg", 0)) / 1000, "snapshot": "network.pt, the run's final G_ema",
+               "kimg": float(net.get("cur_nimg", 0)) / 1000, "snapshot": _snapshot_text(net.get("selection")),
+               "selection": net.get("selection"),
                "conditions": (sum(((net.get("conditioning") or {}).get("categories") or {}).values(), [])
                               if kind in ("class", "attributes") else classes)}
     cohort = _cohort(cohort_index, (net.get("training_set") or {}).get("patients"), opts_json["resolution"])

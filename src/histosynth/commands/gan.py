@@ -10,7 +10,8 @@ from histosynth.utils import UserError
 log = logging.getLogger("histosynth")
 
 
-def train_gan(run: RunSpec, tiles, outdir, embeddings=None, threads=1, progress=True):
+def train_gan(run: RunSpec, tiles, outdir, embeddings=None, reference=None, metrics_weights=None, threads=1,
+              progress=True):
     """Train (or resume) `run` on the tile index `tiles` (a mask index for mask runs)."""
     from histosynth.gan.training.loop import train_run
     from histosynth.slides.store import read_index
@@ -32,7 +33,16 @@ def train_gan(run: RunSpec, tiles, outdir, embeddings=None, threads=1, progress=
             raise UserError("gan.conditioning: expression needs --embeddings (results/expression/embeddings.parquet, "
                             "from the train_vae rule)")
         index = attach_embeddings(index, read_index(embeddings))
-    train_run(run, index, outdir, progress=progress, threads=threads)
+    train_run(run, index, outdir, progress=progress, threads=threads,
+              files={"reference": reference, "weights": metrics_weights})
+
+
+def select_snapshot(opts, run_dir, out):
+    """``histosynth select-snapshot``: results/gan/<run>/selected.pt from generate.snapshot
+    (`opts`: the generate section)."""
+    from histosynth.gan.training.snapshots import select
+
+    select(run_dir, opts["snapshot"], out)
 
 
 def import_stylegan2(pkl, out, class_names=None, name="imported"):

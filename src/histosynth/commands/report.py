@@ -6,10 +6,15 @@ import json
 from pathlib import Path
 
 
-def plot_training(stats, out):
+def plot_training(stats, out, metrics=None, network=None):
     from histosynth.report.plots import training_plot
 
-    training_plot(stats, out)
+    selection = None
+    if network:
+        from histosynth.gan.checkpoint import read_metadata
+
+        selection = read_metadata(network).get("selection")
+    training_plot(stats, out, metrics, selection)
 
 
 def report(sheet, tiles, gan_dir, gan_run, run_name, metrics, study, qc_dir, out_json, out_html, expression_run=None,

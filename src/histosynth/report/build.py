@@ -170,6 +170,62 @@ def _regions(tiles: pd.DataFrame) -> dict | None:
             "dropped": {k: int((inside["reject_reason"] == k).sum()) for k in ("roi_excluded", "roi_mixed")}}
 
 
+def training_record(gan_dir) -> dict:
+    """What a run's folder says about how its network came to be: the snapshot metrics
+    (metrics.jsonl), the network selected for everything downstream (selected.pt's record) and
+    the network it was fine-tuned from."""
+    from histosynth.gan.training.snapshots import read_series
+
+    gan_dir = Path(gan_dir)
+    opts = json.loads((gan_dir / "training_options.json").read_text())
+    out = {}
+    ft = opts.get("finetune")
+    if ft:
+        out["finetune"] = {k: ft.get(k) for k in ("source", "md5", "tool", "source_kind", "source_kimg", "classes",
+                                                  "kept", "partly_kept", "new", "architecture_from_network")}
+        out["finetune"]["freeze_d"] = opts.get("freeze_d", 0)
+    series = read_series(gan_dir)
+    if series:
+        keys = ("kimg", "fid", "kid", "precision", "recall", "eval_sec", "eval_share")
+        out["snapshot_metrics"] = {"extractor": series[0]["extractor"], "n_fake": series[0]["n_fake"],
+                                   "n_real": series[0]["n_real"],
+                                   "eval_share": float(sum(r["eval_sec"] for r in series)
+                                                       / max(sum(r["train_sec"] for r in series), 1e-9)),
+                                   "series": [{k: r[k] for k in keys if k in r} for r in series]}
+    if (gan_dir / "selected.pt").is_file():
+        from histosynth.gan.checkpoint import read_metadata
+
+        out["selection"] = read_metadata(gan_dir / "selected.pt").get("selection")
+    return out
+
+
+def training_html(record: dict) -> str:
+    """The selected network, the snapshot metrics and the fine-tuning start, as report paragraphs."""
+    parts = []
+    sel = record.get("selection")
+    if sel:
+        value = (f"; its {html.escape(str(sel['metric']).replace('one_minus_precision', '1 - precision'))} "
+                 f"{sel['value']:.3f} ({html.escape(str(sel.get('extractor', '')))})" if sel.get("value") is not None
+                 else "")
+        parts.append(f"<p>Network used downstream (<code>generate.snapshot: {html.escape(str(sel['choice']))}</code>): "
+                     f"the snapshot at <b>{sel['kimg']:g} kimg</b> of {sel['last_kimg']:g}{value}.</p>")
+    sm = record.get("snapshot_metrics")
+    if sm:
+        rows = [{k: v for k, v in r.items() if k not in ("eval_share",)} for r in sm["series"]]
+        parts.append(f"<p>Snapshot metrics during training ({sm['n_fake']} generated against {sm['n_real']} real "
+                     f"training tiles, {html.escape(sm['extractor'])}): evaluation took {sm['eval_share']:.1%} of the "
+                     f"training time.</p>" + _table(rows, list(rows[0])))
+    ft = record.get("finetune")
+    if ft:
+        classes = ", ".join(f"{html.escape(k)} &larr; {html.escape(v) if v else 'new'}" for k, v in ft["classes"].items())
+        parts.append(f"<p>Fine-tuned from <code>{html.escape(ft['source'])}</code> (MD5 {html.escape(ft['md5'])}, "
+                     f"{html.escape(ft['tool'])}, {ft['source_kind']}, {ft['source_kimg']:g} kimg): {ft['kept']} tensors "
+                     f"kept, partly kept: {html.escape(', '.join(ft['partly_kept']) or 'none')}; new: "
+                     f"{html.escape(', '.join(ft['new']) or 'none')}. Label embedding per class: "
+                     f"{classes or 'none (unconditional)'}. FreezeD: {ft['freeze_d']} discriminator blocks frozen.</p>")
+    return "".join(parts)
+
+
 def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_dir, metrics: dict, study: dict) -> dict:
     kept = tiles[tiles["kept"]]
     per_slide = kept.groupby("slide_id").size().reindex(sheet["slide_id"], fill_value=0)
@@ -187,7 +243,7 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
         "gan": {gan_run: {"kimg": stats[-1]["kimg"] if stats else 0, "resolution": opts["resolution"],
                           "conditioning": opts["conditioning"], "n_train_tiles": opts["n_train_tiles"],
                           "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"],
-                          "imported": opts.get("imported")}},
+                          "imported": opts.get("imported"), **training_record(gan_dir)}},
         "metrics": {gan_run: ev},
         "concordance": {gan_run: metrics["concordance"]},
         "colour": {gan_run: metrics.get("colour")},
@@ -209,7 +265,8 @@ def add_expression_run(summary: dict, run: str, gan_dir, eval_dir, expression_di
         metrics = json.loads((eval_dir / "metrics.json").read_text())
         summary["gan"][run] = {"kimg": stats[-1]["kimg"] if stats else 0, "resolution": opts["resolution"],
                                "conditioning": opts["conditioning"], "n_train_tiles": opts["n_train_tiles"],
-                               "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"]}
+                               "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"],
+                               **training_record(gan_dir)}
         summary["metrics"][run] = metrics["metrics"]
         summary["concordance"][run] = metrics["concordance"]
         summary.setdefault("colour", {})[run] = metrics.get("colour")
@@ -233,7 +290,7 @@ def expression_html(summary: dict, run: str, eval_dir, expression_dir) -> str:
              f"<p>A β-VAE (latent {e['latent']}, β {e['beta']}) embeds each {'patient' if e['key'] == 'patient_id' else 'slide'}'s profile "
              f"({e['n_genes']} genes, standardised with training-patient statistics, {e['n_profiles']} profiles); the "
              f"GAN is conditioned on the embedding's posterior mean ({g['kimg']:.1f} kimg, {g['n_train_tiles']} training "
-             f"tiles). The GAN and the VAE never saw the test patients.</p>"]
+             f"tiles). The GAN and the VAE never saw the test patients.</p>" + training_html(g)]
     rows = [{"partition": p, "profiles": r["n"], "VAE MSE per gene": r["mse"], "mean-profile MSE": r["mse_mean_profile"],
              "R²": r["r2"]} for p, r in e["vae_reconstruction"].items()]
     parts.append("<h3>β-VAE reconstruction</h3><p>Error of the reconstruction from the posterior mean, against "
@@ -300,7 +357,8 @@ def add_mask_run(summary: dict, run: str, gan_dir, eval_dir) -> None:
     lay = json.loads((eval_dir / "layout.json").read_text())
     summary["gan"][run] = {"kimg": stats[-1]["kimg"] if stats else 0, "resolution": opts["resolution"],
                            "conditioning": "mask", "method": opts["mask"]["method"], "n_train_tiles": opts["n_train_tiles"],
-                           "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"]}
+                           "img_per_sec": stats[-1]["img_per_sec"] if stats else None, "device": opts["device"],
+                           **training_record(gan_dir)}
     summary["metrics"][run] = lay["metrics"]
     summary.setdefault("masks", {})[run] = {"method": lay["method"], "source": lay["source"], "segmenter": lay["segmenter"],
                                             "layout": lay["layout"], "metrics_heldout": lay["metrics_heldout"]}
@@ -341,7 +399,7 @@ def mask_html(summary: dict, run: str, gan_dir, eval_dir) -> str:
                          "flag": "BELOW min_samples" if m["below_min_samples"] else ""})
     parts.append("<h3>Generative metrics</h3>" + _table(rows, list(rows[0])))
     parts.append(copies_html((summary.get("copies_full") or {}).get(run), eval_dir))
-    parts.append("<p>Training: losses by kimg.</p>" + _img(eval_dir / "training.png"))
+    parts.append("<p>Training: losses by kimg.</p>" + _img(eval_dir / "training.png") + training_html(g))
     return "".join(parts)
 
 
@@ -463,7 +521,7 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
     parts.append("<div class=grid><figure>" + _img(gan_dir / "samples" / "reals.png", 420) +
                  "<figcaption>real training tiles (one row per class)</figcaption></figure><figure>" +
                  (_img(fakes[-1], 420) if fakes else "") + "<figcaption>generated, same classes per row (G_ema)</figcaption></figure></div>")
-    parts.append(_img(eval_dir / "training.png"))
+    parts.append(_img(eval_dir / "training.png") + training_html(g))
     parts.append("<h3>Class blending</h3><p>Same latent seed per row; the class condition moves from the first class "
                  "to the second, left to right.</p>" + _img(eval_dir / "blend.png", 640) + " " + _img(eval_dir / "blend.gif", 640))
     bp = summary.get("blend", {}).get(gan_run)

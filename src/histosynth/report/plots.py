@@ -33,9 +33,12 @@ def study_plot(metrics: dict, path, key="auc"):
     _save(fig, path)
 
 
-def training_plot(stats_jsonl, path):
+def training_plot(stats_jsonl, path, metrics_jsonl=None, selection: dict | None = None):
+    """Losses and augmentation (or a mask run's loss terms) by kimg; with snapshot metrics
+    (metrics.jsonl), a third panel of each metric by snapshot, the selected snapshot marked."""
     rows = [json.loads(line) for line in open(stats_jsonl) if line.strip()]
-    fig, ax = plt.subplots(1, 2, figsize=(8, 3))
+    snaps = [json.loads(line) for line in open(metrics_jsonl) if line.strip()] if metrics_jsonl else []
+    fig, ax = plt.subplots(1, 3 if snaps else 2, figsize=(12 if snaps else 8, 3))
     k = [r["kimg"] for r in rows]
     ax[0].plot(k, [r["loss_G"] for r in rows], label="G")
     ax[0].plot(k, [r["loss_D"] for r in rows], label="D")
@@ -52,6 +55,24 @@ def training_plot(stats_jsonl, path):
                 ax[1].plot(k, [r[key] for r in rows], label=key)
     ax[1].set_xlabel("kimg")
     ax[1].legend()
+    if snaps:
+        sk, a = [s["kimg"] for s in snaps], ax[2]
+        for key in ("fid", "kid"):
+            if key in snaps[0]:
+                a.plot(sk, [s[key] for s in snaps], marker="o", label=key)
+        if "precision" in snaps[0]:
+            b = a.twinx() if ("fid" in snaps[0] or "kid" in snaps[0]) else a
+            for key, style in (("precision", "s--"), ("recall", "^--")):
+                b.plot(sk, [s[key] for s in snaps], style, label=key, alpha=0.7)
+            b.set_ylim(0, 1)
+            b.legend(fontsize=7, loc="upper right")
+        if selection and selection.get("kimg") is not None:
+            a.axvline(selection["kimg"], color="k", ls=":", lw=1,
+                      label=f"selected: {selection['choice']} ({selection['kimg']:g} kimg)")
+        a.set_xlabel("kimg")
+        a.set_title(f"snapshot metrics ({snaps[0]['extractor'].rsplit('-', 1)[0]} features, {snaps[0]['n_fake']} "
+                    f"generated tiles)", fontsize=9)
+        a.legend(fontsize=7, loc="upper left")
     _save(fig, path)
 
 

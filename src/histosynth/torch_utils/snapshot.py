@@ -41,11 +41,11 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def gather_snapshot_state(modules, sample_gen: torch.Generator, world: int):
+def gather_snapshot_state(modules, sampler_state: torch.Tensor, world: int):
     """(checksum, every rank's checksum, every rank's RNG states, every rank's batch-sampler
     state) at a snapshot; raises if the ranks' weights diverged."""
     checksum = float(sum(p.detach().double().sum() for m in modules for p in m.parameters()))
     sums = all_gather(checksum, world)
     if len(set(sums)) != 1:
         raise RuntimeError(f"ranks diverged: parameter checksums {sums}")
-    return checksum, sums, all_gather(rng_state(), world), all_gather(sample_gen.get_state(), world)
+    return checksum, sums, all_gather(rng_state(), world), all_gather(sampler_state, world)

@@ -13,7 +13,7 @@ import torch
 
 from histosynth.gan.augment import AdaptiveAugment
 from histosynth.gan.conditioning import ConditioningSpec
-from histosynth.gan.dataset import TileSource, random_dihedral, sampling_weights, to_float
+from histosynth.gan.dataset import ReadAhead, TileSource, sampling_weights, to_float
 from histosynth.gan.loss import LabelMapLoss, StyleGAN2Loss
 from histosynth.gan.mask_networks import build_mask_discriminator, build_mask_generator, one_hot
 from histosynth.gan.networks import build_discriminator, build_generator
@@ -21,7 +21,7 @@ from histosynth.images import grid, save_png
 from histosynth.masks.build import load_maps
 from histosynth.masks.labels import LabelSet
 from histosynth.torch_utils.distributed import fused_adam
-from histosynth.torch_utils.images import paired_dihedral, to_uint8
+from histosynth.torch_utils.images import dihedral, dihedral_draws, to_uint8
 from histosynth.utils import UserError
 
 
@@ -55,6 +55,8 @@ class StyleGAN2Kind:
         self.noise = self.spec.extra.get("noise", 0.0) if self.spec.kind == "expression" else 0.0
         self.sd_all = torch.from_numpy(np.array(self.spec.sd(t))) if self.noise else None
         self.source = TileSource(t, opts["resolution"], opts["preload_max_mb"], threads=threads, device=device)
+        self.reader = ReadAhead(self.source, self.draw, 0 if self.source.preloaded is not None else opts["read_ahead"],
+                                pin=device.type == "cuda")
         balance = self.spec.columns[0] if self.spec.kind == "class" else "label" if self.spec.kind == "expression" else None
         self.weights = sampling_weights(t, balance if opts["balance_classes"] and balance in t.columns else None)
         self.resolved = {"c_dim": self.spec.dim, "conditioning_spec": self.spec.to_dict()}
@@ -78,19 +80,45 @@ class StyleGAN2Kind:
         aug = AdaptiveAugment(o["augment"], o["ada_target"], o["ada_kimg"], fixed_p=o["ada_p"])
         return StyleGAN2Loss(G, D, G_fwd, D_fwd, aug, o, amp, reduce, self.device)
 
-    def next_batch(self, n: int, gen: torch.Generator) -> dict:
-        dev = self.device
+    def draw(self, n: int, gen: torch.Generator) -> dict:
+        """Every draw of a batch from the sampler `gen`: tile rows, their flips and rotations, the
+        fake conditions, an expression run's posterior noise."""
         idx = torch.multinomial(self.weights, n, replacement=True, generator=gen)
-        real = to_float(random_dihedral(self.source.get(idx).to(dev, non_blocking=True), gen), dev)
-        c_real = self.c_all[idx]
-        z = torch.randn(n, self.o["z_dim"], device=dev)
+        k, f = dihedral_draws(n, gen)
         fidx = torch.randint(0, len(self.c_all), (n,), generator=gen)
-        c_fake = self.c_all[fidx]
+        c_real, c_fake = self.c_all[idx], self.c_all[fidx]
         if self.noise:  # a sample of the profile's posterior instead of its mean
             c_real = c_real + self.noise * self.sd_all[idx] * torch.randn(c_real.shape, generator=gen)
             c_fake = c_fake + self.noise * self.sd_all[fidx] * torch.randn(c_fake.shape, generator=gen)
-        return {"real": real, "c_real": c_real.to(dev, non_blocking=True), "z": z,
-                "c_fake": c_fake.to(dev, non_blocking=True)}
+        return {"idx": idx, "k": k, "f": f, "c_real": c_real, "c_fake": c_fake}
+
+    def next_batch(self, n: int, gen: torch.Generator) -> dict:
+        dev = self.device
+        d, tiles = self.reader.next(n, gen)
+        real = to_float(dihedral(tiles.to(dev, non_blocking=True), d["k"], d["f"]), dev)
+        z = torch.randn(n, self.o["z_dim"], device=dev)
+        return {"real": real, "c_real": d["c_real"].to(dev, non_blocking=True), "z": z,
+                "c_fake": d["c_fake"].to(dev, non_blocking=True)}
+
+    def sampler_state(self, gen: torch.Generator) -> torch.Tensor:
+        """The batch sampler's state a checkpoint records (before the batches read ahead)."""
+        return self.reader.state(gen)
+
+    def frozen_parameters(self, D) -> list:
+        """gan.freeze_d: the parameters of D's first N blocks from the highest resolution (FreezeD)."""
+        n = self.o["freeze_d"]
+        if n > len(D.block_resolutions):
+            raise UserError(f"gan.freeze_d {n}: the discriminator has {len(D.block_resolutions)} blocks at "
+                            f"{self.o['resolution']} px (b{D.block_resolutions[0]} ... b{D.block_resolutions[-1]})")
+        return [p for res in D.block_resolutions[:n] for p in getattr(D, f"b{res}").parameters()]
+
+    @torch.no_grad()
+    def metric_batch(self, G_ema, n: int, gen: torch.Generator) -> np.ndarray:
+        """n generated tiles (uint8 NHWC) for the snapshot metrics, conditions drawn as the training
+        tiles' (the posterior means of expression runs), latents from `gen`."""
+        z = torch.randn(n, self.o["z_dim"], generator=gen)
+        c = self.c_all[torch.randint(0, len(self.c_all), (n,), generator=gen)]
+        return to_uint8(G_ema(z.to(self.device), c.to(self.device)))
 
     def _grid_inputs(self):
         conds, per = self.spec.conditions(), self.o["grid_per_class"]
@@ -137,6 +165,8 @@ class LabelMapKind:
         if len(t) == 0:
             raise UserError("the mask run has no training tiles with label maps (see the label_maps logs)")
         self.source = TileSource(t, opts["resolution"], opts["preload_max_mb"], threads=threads)
+        self.reader = ReadAhead(self.source, self.draw, 0 if self.source.preloaded is not None else opts["read_ahead"],
+                                pin=device.type == "cuda")
         self.maps = torch.from_numpy(load_maps(t))
         if int(self.maps.max()) >= len(self.labels):
             raise UserError(f"label maps hold class {int(self.maps.max())} but masks.labels has {len(self.labels)} classes")
@@ -156,10 +186,33 @@ class LabelMapKind:
     def loss(self, G, D, G_fwd, D_fwd, amp, reduce):
         return LabelMapLoss(G_fwd, D_fwd, self.m, self.z_dim, amp)
 
-    def next_batch(self, n: int, gen: torch.Generator) -> dict:
+    def draw(self, n: int, gen: torch.Generator) -> dict:
+        """Every draw of a batch from the sampler `gen`: tile rows and their flips and rotations."""
         idx = torch.multinomial(self.weights, n, replacement=True, generator=gen)
-        real_u8, seg_u8 = paired_dihedral(self.source.get(idx), self.maps[idx], gen)
-        return {"real": to_float(real_u8, self.device), "seg": one_hot(seg_u8.to(self.device, non_blocking=True), len(self.labels))}
+        k, f = dihedral_draws(n, gen)
+        return {"idx": idx, "k": k, "f": f}
+
+    def next_batch(self, n: int, gen: torch.Generator) -> dict:
+        d, tiles = self.reader.next(n, gen)
+        real_u8, seg_u8 = dihedral(tiles, d["k"], d["f"]), dihedral(self.maps[d["idx"]].unsqueeze(1), d["k"], d["f"])
+        return {"real": to_float(real_u8, self.device),
+                "seg": one_hot(seg_u8.squeeze(1).to(self.device, non_blocking=True), len(self.labels))}
+
+    def sampler_state(self, gen: torch.Generator) -> torch.Tensor:
+        return self.reader.state(gen)
+
+    def frozen_parameters(self, D) -> list:
+        if self.o["freeze_d"]:
+            raise UserError("gan.freeze_d applies to StyleGAN2 runs; set masks.gan.freeze_d: 0 for the mask run")
+        return []
+
+    @torch.no_grad()
+    def metric_batch(self, G_ema, n: int, gen: torch.Generator) -> np.ndarray:
+        """n tiles (uint8 NHWC) generated from random training tiles' label maps."""
+        idx = torch.randint(0, len(self.tiles), (n,), generator=gen)
+        seg = one_hot(self.maps[idx].to(self.device), len(self.labels))
+        z = torch.randn(n, self.z_dim, generator=gen).to(self.device) if self.z_dim else None
+        return to_uint8(G_ema(seg, z))
 
     def write_reals(self, samples) -> None:
         pass  # every sample grid shows the maps and their real tiles beside the generated ones

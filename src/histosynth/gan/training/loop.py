@@ -14,7 +14,11 @@ Outputs in the run directory:
                           the run's identity (options and training-tile digest): a resume
                           with other options or tiles is refused (RESUMABLE_OPTIONS may change)
   samples/fakes<kimg>.png sample grids at each snapshot (reals.png once)
-  network.pt              the final checkpoint (what generation uses; format: histosynth.gan.checkpoint)
+  snapshots/, metrics.jsonl   the snapshot networks kept and their metrics during training
+                          (gan.metrics, gan.keep_snapshots): see histosynth.gan.training.snapshots
+  network.pt              the final checkpoint (format: histosynth.gan.checkpoint); the network
+                          downstream stages use is results/gan/<run>/selected.pt, chosen from
+                          these by generate.snapshot (rule select_snapshot)
 """
 from __future__ import annotations
 
@@ -32,6 +36,14 @@ import torch
 
 from histosynth.gan import checkpoint as ckpt
 from histosynth.gan.training.kinds import LabelMapKind, StyleGAN2Kind
+from histosynth.gan.training.snapshots import (
+    SNAPSHOT_DIR,
+    SnapshotMetrics,
+    prune,
+    snapshot_name,
+    snapshot_state,
+    write_series,
+)
 from histosynth.runs import RunSpec
 from histosynth.torch_utils import distributed as tdist
 from histosynth.torch_utils.snapshot import ema_update, gather_snapshot_state, set_rng_state
@@ -48,9 +60,12 @@ COMPILE_DEVICES = ("cuda",)
 COMPILE_OPTIONS: dict = {}
 
 
-def train_run(run: RunSpec, tiles: pd.DataFrame, outdir, progress: bool = True, threads: int = 1) -> Path:
+def train_run(run: RunSpec, tiles: pd.DataFrame, outdir, progress: bool = True, threads: int = 1,
+              files: dict | None = None) -> Path:
     """Train (or resume) `run` on `tiles` (the split's tile index; a mask index for mask runs,
-    with the expression embeddings attached for expression runs); the path of network.pt."""
+    with the expression embeddings attached for expression runs); the path of network.pt.
+    `files`: what the snapshot metrics need ({"reference": the reference classifier, "weights":
+    the extractor's weights file})."""
     opts = run.gan
     world, rank, local_rank = tdist.dist_info()
     device = tdist.select_device(opts["device"], local_rank)
@@ -58,6 +73,9 @@ def train_run(run: RunSpec, tiles: pd.DataFrame, outdir, progress: bool = True, 
     if opts["batch"] % world:
         raise UserError(f"batch ({opts['batch']}) must be divisible by the number of processes ({world})")
     threads = max(1, threads)
+    if opts["pretrained"] and opts["finetune_from"]:
+        raise UserError(f"run {run.name}: gan.pretrained adopts a network as it is and gan.finetune_from trains on "
+                        f"from one; set only one")
     if opts["pretrained"]:
         from histosynth.gan.training.pretrained import adopt_pretrained
 
@@ -67,14 +85,27 @@ def train_run(run: RunSpec, tiles: pd.DataFrame, outdir, progress: bool = True, 
         if world > 1:
             raise UserError(f"run {run.name} adopts gan.pretrained instead of training: run it as one process (gan.gpus 1)")
         return adopt_pretrained(run, tiles, outdir, device, threads)
+    start = None
+    if opts["finetune_from"] and not (Path(outdir) / "checkpoint.pt").exists():
+        from histosynth.gan.training.finetune import read_start
+
+        if run.kind == "mask":
+            raise UserError(f"run {run.name}: gan.finetune_from starts StyleGAN2 runs; remove it from masks.gan")
+        start = read_start(run, opts)
+        opts = start.options
+    elif opts["finetune_from"]:
+        from histosynth.gan.training.finetune import resumed_options
+
+        opts = resumed_options(Path(outdir) / "checkpoint.pt", opts)
     kind = (LabelMapKind(tiles, opts, run.masks, device, threads) if run.kind == "mask"
             else StyleGAN2Kind(tiles, opts, device, threads))
-    return training_loop(kind, opts, outdir, world, rank, device, progress)
+    return training_loop(kind, opts, outdir, world, rank, device, progress, files=files, start=start)
 
 
-def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True, threads: int = 1) -> Path:
+def train(tiles: pd.DataFrame, outdir, opts: dict, progress: bool = True, threads: int = 1,
+          files: dict | None = None) -> Path:
     """A StyleGAN2 run of `opts` (a validated gan section) on `tiles`."""
-    return train_run(RunSpec.of_gan(opts), tiles, outdir, progress, threads)
+    return train_run(RunSpec.of_gan(opts), tiles, outdir, progress, threads, files)
 
 
 def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: bool = True) -> Path:
@@ -86,7 +117,8 @@ def train_mask(index: pd.DataFrame, outdir, opts: dict, mopts: dict, progress: b
 # saves, and where and how fast it computes. Every other option, and the training tiles, decide
 # what the networks become; a checkpoint records them and a resume with others is refused.
 RESUMABLE_OPTIONS = ("kimg", "snap_kimg", "tick_kimg", "tensorboard", "grid_per_class", "preload_max_mb", "device",
-                     "compile", "precision", "name", "pretrained", "pretrained_classes")
+                     "compile", "precision", "name", "pretrained", "pretrained_classes", "metrics", "metrics_samples",
+                     "metrics_extractor", "keep_snapshots", "read_ahead")
 
 
 def tiles_digest(tiles: pd.DataFrame) -> str:
@@ -145,10 +177,10 @@ def _check_resumable(path: Path, state: dict, identity: dict) -> None:
 
 def _resume(path: Path, rank: int, sample_gen: torch.Generator, loss, identity: dict, **objects):
     """Load the checkpoint at `path` into `objects` and `loss`, restore this rank's RNG and
-    batch-sampler states; (cur_nimg, step), (0, 0) when there is none. A checkpoint of other
-    options or tiles (`identity`) is refused."""
+    batch-sampler states; (cur_nimg, step, the snapshot metrics' series), (0, 0, []) when there
+    is none. A checkpoint of other options or tiles (`identity`) is refused."""
     if not path.exists():
-        return 0, 0
+        return 0, 0, []
     state = ckpt.load(path)
     _check_resumable(path, state, identity)
     for name, obj in objects.items():
@@ -158,10 +190,11 @@ def _resume(path: Path, rank: int, sample_gen: torch.Generator, loss, identity: 
     sample_gen.set_state(state["sample_gen"][rank])
     if rank == 0:
         log.info("resumed from %s at %.1f kimg", path, state["cur_nimg"] / 1000)
-    return state["cur_nimg"], state["step"]
+    return state["cur_nimg"], state["step"], state.get("metrics") or []
 
 
-def training_loop(kind, opts: dict, outdir, world: int, rank: int, device, progress: bool) -> Path:
+def training_loop(kind, opts: dict, outdir, world: int, rank: int, device, progress: bool, files: dict | None = None,
+                  start=None) -> Path:
     outdir = Path(outdir)
     samples = outdir / "samples"
     samples.mkdir(parents=True, exist_ok=True)
@@ -172,9 +205,16 @@ def training_loop(kind, opts: dict, outdir, world: int, rank: int, device, progr
     np.random.seed((opts["seed"] * 1000 + rank) % 2**32)
     sample_gen = torch.Generator().manual_seed(opts["seed"] * 7919 + rank)
 
-    G, D = (m.to(device) for m in kind.build())
+    G, D = kind.build()
+    if start is not None:  # gan.finetune_from: G, D and G_ema from a trained network
+        G_ema_start, report = start.apply(G, D, kind.spec)
+        resolved["finetune"] = report
+    G, D = G.to(device), D.to(device)
     tdist.broadcast_tensors(list(G.parameters()) + list(D.parameters()) + list(G.buffers()) + list(D.buffers()), world)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    if start is not None:
+        G_ema.load_state_dict(G_ema_start)
+    frozen = kind.frozen_parameters(D)  # gan.freeze_d: kept out of the optimiser and of every backward pass
     opt_G, opt_D = kind.optimizers(G, D)
     G_fwd, D_fwd = G, D
     if kind.compilable and opts["compile"] and device.type in COMPILE_DEVICES:
@@ -184,8 +224,11 @@ def training_loop(kind, opts: dict, outdir, world: int, rank: int, device, progr
     phases = [(name, G if name == "G" else D, opt_G if name == "G" else opt_D, interval)
               for name, interval in loss.phases()]
     identity = run_identity(kind)
-    cur_nimg, step = _resume(outdir / "checkpoint.pt", rank, sample_gen, loss, identity, G=G, D=D, G_ema=G_ema,
-                             opt_G=opt_G, opt_D=opt_D)
+    cur_nimg, step, series = _resume(outdir / "checkpoint.pt", rank, sample_gen, loss, identity, G=G, D=D,
+                                     G_ema=G_ema, opt_G=opt_G, opt_D=opt_D)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the training's RNG untouched
+        metrics = SnapshotMetrics(kind, opts, device, world, rank, files)
+    metrics.load(series)
     if cur_nimg - opts["batch"] >= int(opts["kimg"] * 1000):  # a run of this kimg would have stopped earlier
         raise UserError(f"{outdir / 'checkpoint.pt'} is at {cur_nimg / 1000:g} kimg, beyond gan.kimg {opts['kimg']:g}: "
                         f"its network was trained longer than asked and no earlier snapshot is kept. Raise kimg to "
@@ -195,6 +238,7 @@ def training_loop(kind, opts: dict, outdir, world: int, rank: int, device, progr
     if rank == 0:
         write_json(outdir / "training_options.json", resolved)
         kind.write_reals(samples)
+        write_series(outdir, metrics.series)  # [] without gan.metrics
 
     total, tick, snap = int(opts["kimg"] * 1000), int(opts["tick_kimg"] * 1000), int(opts["snap_kimg"] * 1000)
     next_tick, next_snap = (cur_nimg // tick + 1) * tick, (cur_nimg // snap + 1) * snap
@@ -204,11 +248,14 @@ def training_loop(kind, opts: dict, outdir, world: int, rank: int, device, progr
 
     bar = tqdm(total=total, initial=cur_nimg, unit="img", desc=kind.desc, disable=not progress or rank != 0)
     stats_log = StatsLog(outdir, opts["tensorboard"], rank)
+    t_snap = time.time()
     while cur_nimg < total:
         batch = kind.next_batch(batch_gpu, sample_gen)
         for name, module, opt, interval in phases:
             G.requires_grad_(module is G)
             D.requires_grad_(module is D)
+            for p in frozen:
+                p.requires_grad_(False)
             opt.zero_grad(set_to_none=True)
             for k, v in loss.accumulate_gradients(name, batch, interval > 0 and step % interval == 0).items():
                 acc[k].append(v)  # device tensors, read once per tick (no sync per step)
@@ -227,18 +274,26 @@ def training_loop(kind, opts: dict, outdir, world: int, rank: int, device, progr
             next_tick += tick
         if cur_nimg >= next_snap or cur_nimg >= total:
             next_snap += snap
-            checksum, sums, rngs, gens = gather_snapshot_state([G, D], sample_gen, world)
+            checksum, sums, rngs, gens = gather_snapshot_state([G, D], kind.sampler_state(sample_gen), world)
+            name = snapshot_name(cur_nimg)
+            metrics.evaluate(G_ema, cur_nimg, time.time() - t_snap, name)
             if rank == 0:
                 kind.write_samples(G_ema, samples / f"fakes{cur_nimg // 1000:06d}.png")
                 state = ckpt.training_state(kind.kind, G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
                                             opt_G=opt_G.state_dict(), opt_D=opt_D.state_dict(), loss=loss.state_dict(),
                                             cur_nimg=cur_nimg, step=step, rng=rngs, sample_gen=gens,
-                                            run_identity=identity, **kind.metadata())
+                                            run_identity=identity, metrics=metrics.series, **kind.metadata())
+                (outdir / SNAPSHOT_DIR).mkdir(exist_ok=True)
+                ckpt.save(outdir / SNAPSHOT_DIR / name, snapshot_state(state))
                 ckpt.save(outdir / "checkpoint.pt", state)
+                if metrics.enabled:
+                    write_series(outdir, metrics.series)
+                prune(outdir, metrics.series, opts["keep_snapshots"], name)
                 with open(outdir / "snapshots.jsonl", "a") as f:
-                    f.write(json.dumps({"snapshot_kimg": cur_nimg / 1000, "param_checksum": checksum,
+                    f.write(json.dumps({"snapshot_kimg": cur_nimg / 1000, "snapshot": name, "param_checksum": checksum,
                                         "rank_checksums": sums}) + "\n")
             tdist.barrier(world)
+            t_snap = time.time()
     bar.close()
     stats_log.close()
     final = outdir / "network.pt"
