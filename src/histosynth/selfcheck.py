@@ -304,7 +304,7 @@ def format_report(report: dict) -> str:
              f"per GAN run, ADA p 0.5)"]
     for it in report["items"]:
         speed = f"{it['speed']:9.1f} {it['unit']:<8}" if it["speed"] is not None else " " * 18
-        lines.append(f"  {it['status']:<7} {it['name']:<22} {speed} {it['seconds']:7.1f} s  {it['detail'] or it['error']}")
+        lines.append(f"  {it['status']:<7} {it['name']:<31} {speed} {it['seconds']:7.1f} s  {it['detail'] or it['error']}")
     lines.append(f"{'PASS' if report['ok'] else 'FAIL'}: {sum(i['status'] == 'PASS' for i in report['items'])} of "
                  f"{len(report['items'])} items passed in {report['seconds']:.0f} s")
     for it in report["items"]:
