@@ -29,7 +29,7 @@ ENVS = ROOT / "workflow" / "envs"
 # What a module needs beyond the distribution that provides it: parquet I/O through pandas,
 # the C libraries that openslide-python and pyvips load.
 IMPLIED = {"pandas": {"pyarrow"}, "openslide-python": {"openslide-bin"}, "pyvips": {"pyvips-binary"}}
-LIGHT = {"acquire", "slides", "report"}  # no torch: these run on login nodes and small CPU jobs
+LIGHT = {"acquire", "slides"}  # no torch: these run on login nodes and small CPU jobs
 
 
 def _rules() -> dict[str, dict]:

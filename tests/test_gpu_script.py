@@ -24,7 +24,7 @@ def test_gpu_script_runs_every_step_on_the_cpu_and_writes_one_report(tmp_path):
         assert heading in md, md
     res = json.loads((out.parent / "gpu-results-files" / "results.json").read_text())
     assert [s["status"] for s in res["steps"]] == ["PASS"] * 3
-    assert res["selfcheck"]["ok"] and len(res["selfcheck"]["items"]) == 10
+    assert res["selfcheck"]["ok"] and len(res["selfcheck"]["items"]) == 11
     bench = res["train_benchmark"]["results"]
     assert bench[0]["setting"] == "fp32+ada" and bench[0]["ada_p"] == 0.5 and bench[0]["img_per_sec"] > 0
     demo_log = (out.parent / "gpu-results-files" / "demo.log").read_text()

@@ -8,7 +8,7 @@ rule plot_training:
     log:
         "logs/plot_training/{run}.log",
     conda:
-        "../envs/report.yaml"
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -33,7 +33,7 @@ rule report:
     log:
         "logs/report.log",
     conda:
-        "../envs/report.yaml"
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=2000,

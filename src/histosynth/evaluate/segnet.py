@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class SegNet:
     def __init__(self, n_classes: int, resolution: int, ngf: int = 32, device="cpu"):
-        from histosynth.gan.mask_networks import UNetGenerator
+        from histosynth.torch_utils.unet import UNetGenerator
 
         self.n_classes, self.resolution, self.ngf, self.device = n_classes, resolution, ngf, device
         self.net = UNetGenerator(3, resolution, ngf, dropout=0.0, out_ch=n_classes, tanh=False).to(device)
