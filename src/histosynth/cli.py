@@ -37,6 +37,9 @@ COMMANDS = {
               "tiles.roi.dir)"}), ("--threads", {**INT, "default": 1})]),
     "split": ("histosynth.commands.split:split", "split patients into train/val/test and index all tiles", ["split"],
               ["--sheet", "--indexes+", "--out-split", "--out-tiles"]),
+    "folds": ("histosynth.commands.split:folds", "deal the split's patients into k cross-validation folds "
+              "(classify.folds) and write each fold's tiles (its patients as the test partition)", ["split"],
+              ["--split", "--tiles", "--out-folds", "--outdir", ("--folds", {**INT, "required": True})]),
     "train-gan": ("histosynth.commands.gan:train_gan", "train (or resume) a GAN run of any kind", ["run"],
                   ["--tiles", "--outdir", ("--run-spec", {"help": "the run as JSON (name, kind, gan, masks)"}),
                    ("--run", {"help": "with --config: the run's name (default gan.name)"}),
@@ -144,6 +147,9 @@ COMMANDS = {
                 ("--force", {"action": "store_true", "help": "replace --out if it holds anything"})]),
     "classify": ("histosynth.commands.classify:classify", "the augmentation study: real / synthetic / mixed arms",
                  ["classify"], ["--tiles", "--synthetic", "--network", "--outdir"]),
+    "classify-folds": ("histosynth.commands.classify:classify_folds", "the cross-validated augmentation study "
+                       "(classify.folds) from each fold's predictions and study.json", ["classify"],
+                       ["--predictions+", "--studies+", "--outdir"]),
     "plot-training": ("histosynth.commands.report:plot_training", "a run's losses by kimg (stats.jsonl -> PNG), "
                       "with its snapshot metrics (metrics.jsonl) and the selected snapshot", [],
                       ["--stats", "--out", "--metrics?", "--network?"]),

@@ -24,6 +24,7 @@ rule classify:
     params:
         hs=HISTOSYNTH,
         opts=opts("classify"),
+        outdir=lambda wc, output: Path(output.study).parent,
     shell:
         "{params.hs} -q classify --options {params.opts:q} --tiles {input.tiles} --synthetic {input.synthetic} "
-        "--network {input.network} --outdir results/classify > {log} 2>&1"
+        "--network {input.network} --outdir {params.outdir} > {log} 2>&1"

@@ -90,6 +90,16 @@ if MASK_RUN and MASKS["source"] == "geojson" and not MASKS["geojson_dir"]:
     )
 
 
+# classify.folds >= 2: k-fold cross-validation of the study, one GAN run per fold (rules/folds.smk)
+FOLDS = int(config["classify"]["folds"])
+if FOLDS > 1 and RUNS[GAN].kind == "expression":
+    raise ValueError(
+        "classify.folds > 1 needs a gan run conditioned on classes, attributes, vectors or nothing: the "
+        "expression run's beta-VAE is fitted on the split's training profiles, which include other folds' "
+        "test patients. Set classify.folds: 1 for an expression-conditioned gan run"
+    )
+
+
 def _one_of(names):
     """A wildcard constraint matching exactly these names (or nothing)."""
     return "|".join(map(re.escape, names)) or "(?!)"
@@ -116,6 +126,7 @@ DEMO_MANIFEST = str(Path(config["demo"]["outdir"]) / "manifest.tsv")
 wildcard_constraints:
     slide="[A-Za-z0-9_-]+",
     run=_one_of(RUNS),
+    fold="[0-9]+",
 
 
 def opts(section, drop=()):
@@ -172,6 +183,16 @@ def gan_inputs(wildcards):
             inputs["metrics_weights"] = config["evaluate"][
                 metrics_weights_key(extractor)
             ]
+    return inputs
+
+
+def fold_gan_inputs(wildcards):
+    """A fold's GAN run: the run's inputs with the fold's tiles (its patients held out) and,
+    for domain-space snapshot metrics, the fold's reference classifier."""
+    inputs = gan_inputs(wildcards)
+    inputs["tiles"] = f"results/folds/{wildcards.fold}/tiles.parquet"
+    if "reference" in inputs:
+        inputs["reference"] = f"results/folds/{wildcards.fold}/reference_classifier.pt"
     return inputs
 
 

@@ -2,7 +2,11 @@
 
 Tiles of one patient are not independent, so the unit of resampling is the patient: each
 bootstrap replicate draws test patients with replacement (stratified by class) and
-recomputes the metric on their tiles, averaged over the arm's seeds."""
+recomputes the metric on their tiles, averaged over the arm's seeds.
+
+Cross-validated predictions (a ``fold`` column, classify.folds) are scored per fold and seed
+(each fold's models only rank that fold's tiles) and averaged; the replicates then draw
+patients within each fold and class, so every fold keeps its size and classes."""
 from __future__ import annotations
 
 import numpy as np
@@ -43,20 +47,22 @@ def tile_metrics(y: np.ndarray, prob: np.ndarray) -> dict:
 
 
 def _seed_rows(pred: pd.DataFrame) -> list:
-    """The rows of each seed, seeds in order."""
-    return [np.flatnonzero(pred["seed"].to_numpy() == s) for s in sorted(pred["seed"].unique())]
+    """The rows of each scoring group, in order: each seed, or with a fold column each (fold, seed)."""
+    keys = ["fold", "seed"] if "fold" in pred.columns else ["seed"]
+    return [np.asarray(idx) for _, idx in sorted(pred.groupby(keys).indices.items())]
 
 
 def patient_replicates(pred: pd.DataFrame, seed_rows: list, n_boot: int, seed: int):
     """Bootstrap replicates over test patients: each draws patients with replacement, stratified
-    by class, and yields the drawn patients' rows seed by seed (a list like `seed_rows`)."""
-    patients = pred.groupby("patient_id")["y"].first()
-    by_class = [patients.index[patients == c].to_numpy() for c in sorted(patients.unique())]
+    by class (and fold), and yields the drawn patients' rows group by group (a list like `seed_rows`)."""
+    keys = ["fold", "y"] if "fold" in pred.columns else ["y"]
+    patients = pred.groupby("patient_id")[keys].first()
+    strata = [ids.to_numpy() for _, ids in sorted(patients.groupby(keys if len(keys) > 1 else keys[0]).groups.items())]
     pid = pred["patient_id"].to_numpy()
-    rows = {p: [r[pid[r] == p] for r in seed_rows] for p in patients.index}  # each patient's rows per seed
+    rows = {p: [r[pid[r] == p] for r in seed_rows] for p in patients.index}  # each patient's rows per group
     rng = np.random.default_rng(seed)
     for _ in range(n_boot):
-        chosen = np.concatenate([rng.choice(ids, len(ids), replace=True) for ids in by_class])
+        chosen = np.concatenate([rng.choice(ids, len(ids), replace=True) for ids in strata])
         yield [np.concatenate([rows[p][k] for p in chosen]) for k in range(len(seed_rows))]
 
 
@@ -81,6 +87,18 @@ def arm_metrics(pred: pd.DataFrame, n_boot=1000, seed=0) -> dict:
         vals = vals[np.isfinite(vals)]
         out[f"{k}_ci95"] = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) else [None, None]
         out[f"{k}_seed_std"] = float(np.std([m[k] for m in per_seed]))
+    if "fold" in pred.columns:  # per fold: seed-averaged values; their spread; the seed spread within folds
+        fold_of = [pred["fold"].iat[r[0]] for r in seed_rows]
+        folds = sorted(set(fold_of))
+        per_fold = [{k: float(np.mean([m[k] for m, f in zip(per_seed, fold_of) if f == fo])) for k in point}
+                    for fo in folds]
+        for k in point:
+            out[f"{k}_fold_std"] = float(np.std([m[k] for m in per_fold], ddof=1)) if len(folds) > 1 else 0.0
+            out[f"{k}_seed_std"] = float(np.mean([np.std([m[k] for m, f in zip(per_seed, fold_of) if f == fo])
+                                                  for fo in folds]))
+        out["folds"] = [{"fold": int(fo), **m, "n_test_patients": int(pred.loc[pred["fold"] == fo, "patient_id"].nunique())}
+                        for fo, m in zip(folds, per_fold)]
+        out["n_folds"] = len(folds)
     out["n_seeds"] = int(pred["seed"].nunique())
     out["n_test_patients"] = int(pred["patient_id"].nunique())
     out["n_test_tiles"] = int(len(pred) // max(out["n_seeds"], 1))
@@ -97,7 +115,7 @@ def paired_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, n_boot=1000, s
     on them, so the patients' shared difficulty cancels), and a two-sided p-value for no
     difference (the share of replicates whose difference lies as far from the observed one as
     the observed one lies from 0: the bootstrap distribution shifted to the null)."""
-    key = ["seed", "patient_id", "y"]
+    key = ["seed", "patient_id", "y"] + (["fold"] if "fold" in pred_a.columns else [])
     for p in (pred_a, pred_b):
         if not {"seed", "patient_id", "y"} <= set(p.columns):
             raise ValueError("paired_difference: predictions need seed, patient_id and y")
@@ -132,6 +150,8 @@ def paired_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, n_boot=1000, s
         else:
             out[f"{k}_ci95"], out[f"{k}_p"] = [None, None], None
     out["n_test_patients"] = int(a["patient_id"].nunique())
-    out["n_seeds"] = len(seed_rows)
+    out["n_seeds"] = int(a["seed"].nunique())
+    if "fold" in a.columns:
+        out["n_folds"] = int(a["fold"].nunique())
     out["n_boot"] = int(n_boot)
     return out

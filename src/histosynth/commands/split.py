@@ -39,3 +39,25 @@ def split(opts: dict, sheet, indexes, out_split, out_tiles):
     kept = tiles[tiles["kept"]]
     log.info("split: %s patients; kept tiles per partition %s", parts["partition"].value_counts().to_dict(),
              kept["partition"].value_counts().to_dict())
+
+
+def folds(opts: dict, split, tiles, out_folds, outdir, folds):
+    """``histosynth folds``: patients into `folds` cross-validation folds (site-preserved with
+    split.preserve_site), written to `out_folds`, and each fold's tiles to outdir/<i>/tiles.parquet."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from histosynth.slides.store import read_index, write_index
+    from histosynth.split.folds import assign_folds, fold_table, fold_tiles
+    from histosynth.utils import atomic_path
+
+    table = pd.read_csv(split, sep="\t", dtype=str, keep_default_na=False)
+    assigned = assign_folds(table, folds, opts["seed"], opts["preserve_site"])
+    log.info("%d folds (%s); patients per fold and class:\n%s", folds,
+             "site-preserved" if opts["preserve_site"] else "stratified by label", fold_table(assigned).to_string(index=False))
+    index = read_index(tiles)
+    for i in range(folds):
+        write_index(fold_tiles(index, assigned, i), Path(outdir) / str(i) / "tiles.parquet")
+    with atomic_path(out_folds) as tmp:
+        assigned.to_csv(tmp, sep="\t", index=False)

@@ -252,6 +252,7 @@ def build_summary(sheet: pd.DataFrame, tiles: pd.DataFrame, gan_run: str, gan_di
         "classifier_differences": study.get("differences") or {},
         "classifier_baselines": study.get("baselines") or {},
         "study_gan_patients_known": study.get("gan_training_patients_known", True),
+        "classifier_cross_validation": study.get("cross_validation"),
     }
 
 
@@ -576,7 +577,22 @@ def write_html(summary: dict, out_html, *, gan_run, gan_dir, eval_dir, classify_
                      f"<b>{c['weak']:.1%}</b> of generated tiles to their intended class (weak concordance) and "
                      f"<b>{c['strong']:.1%}</b> with probability ≥ {c['strong_threshold']} (strong), over {c['n']} "
                      f"tiles.</p>" + concordance_warning(c))
-    parts.append("<h2>Augmentation study (held-out real test patients)</h2>" + _img(classify_dir / "study.png"))
+    cv = summary.get("classifier_cross_validation")
+    if cv:
+        parts.append(f"<h2>Augmentation study ({cv['folds']}-fold cross-validation by patient)</h2>"
+                     + _img(classify_dir / "study.png")
+                     + f"<p>Every one of the {cv['test_patients']} patients is a test patient once: for each fold a GAN "
+                     f"and every arm were trained on the other folds' patients only (results/folds/). Each metric is "
+                     f"the mean over folds of the seed-averaged fold metric; its 95% interval comes from a bootstrap "
+                     f"over patients within each fold, with the models fixed, so it does not include the variation "
+                     f"between folds' models: read it with the SD over folds beside it.</p>")
+        rows = [{"arm": a, **{f"fold {f['fold']} AUC": f["auc"] for f in m["folds"]}, "SD over folds": m["auc_fold_std"],
+                 **{f"fold {f['fold']} bal. acc.": f["balanced_accuracy"] for f in m["folds"]},
+                 "bal. acc. SD over folds": m["balanced_accuracy_fold_std"]}
+                for a, m in summary["classifier"].items()]
+        parts.append("<h3>Per fold</h3>" + _table(rows, list(rows[0]) if rows else []))
+    else:
+        parts.append("<h2>Augmentation study (held-out real test patients)</h2>" + _img(classify_dir / "study.png"))
     if not summary.get("study_gan_patients_known", True):
         parts.append("<p class=warn>The generator's training patients are unknown (imported network), so it may have "
                      "seen this study's test patients: the synthetic and mixed arms can be optimistic. Read their gains "

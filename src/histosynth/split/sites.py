@@ -56,12 +56,26 @@ def patient_sites(sheet: pd.DataFrame) -> pd.Series:
 def split_by_site(sheet: pd.DataFrame, test_fraction: float, val_fraction: float) -> pd.DataFrame:
     """Patients into train / val / test with every site in one partition (see the module's
     docstring). Returns patient_id, label, partition, site."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
     pats = patient_labels(sheet)
     pats["site"] = pats["patient_id"].map(patient_sites(sheet))
     parts = ["train", "test"] + (["val"] if val_fraction > 0 else [])
     share = {"test": test_fraction, "val": val_fraction, "train": 1 - test_fraction - val_fraction}
+    need = {"train"} | ({"test"} if test_fraction > 0 else set()) | ({"val"} if val_fraction > 0 else set())
+    what = "a training and a test" + (" and a validation" if val_fraction > 0 else "") + " patient"
+    site_part = assign_sites(pats, parts, share, need, what,
+                             "lower split.val_fraction to 0, or set split.preserve_site: false")
+    out = pats.assign(partition=pats["site"].map(site_part))[["patient_id", "label", "partition", "site"]]
+    return out.sort_values(["partition", "label", "patient_id"]).reset_index(drop=True)
+
+
+def assign_sites(pats: pd.DataFrame, parts: list, share: dict, need: set, what: str, remedy: str) -> dict:
+    """{site: partition}: the exact assignment of whole sites to `parts` (an integer programme)
+    that puts at least one patient of every class in each partition of `need` and keeps each
+    class's patients per partition as close to `share` as the sites allow (the sum of absolute
+    deviations, each class weighted by 1 / its patients). `pats`: patient_id, label (labels
+    joined by "|"), site. Refused, naming the sites, when no assignment meets the minimums."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
     single = pats.assign(one=pats["label"].str.split(SEP, regex=False)).explode("one")
     classes = sorted(single["one"].unique())
     sites = sorted(pats["site"].unique())
@@ -89,7 +103,7 @@ def split_by_site(sheet: pd.DataFrame, test_fraction: float, val_fraction: float
             target = share[name] * total[c]
             row(counts + [(di(c, p), -1)], -np.inf, target)  # count - d <= target
             row(counts + [(di(c, p), 1)], target, np.inf)  # count + d >= target
-            if name == "train" or (name == "test" and test_fraction > 0) or name == "val":
+            if name in need:
                 row(counts, 1, np.inf)  # at least one patient of the class here
     cost = np.zeros(nx + nd)
     for c in range(C):
@@ -99,15 +113,11 @@ def split_by_site(sheet: pd.DataFrame, test_fraction: float, val_fraction: float
                integrality=np.r_[np.ones(nx), np.zeros(nd)], bounds=Bounds(0, np.r_[np.ones(nx), np.full(nd, np.inf)]))
     if res.status != 0 or res.x is None:
         table = "; ".join(f"{s}: " + ", ".join(f"{c} {int(n.at[s, c])}" for c in classes if n.at[s, c]) for s in sites)
-        need = "a training and a test" + (" and a validation" if val_fraction > 0 else "")
         raise UserError(f"split.preserve_site: no assignment of the {S} sites to {'/'.join(parts)} gives every class "
-                        f"{need} patient with each site in one partition. Patients per site and class: {table}. Add "
-                        f"sites (or patients of the missing classes at other sites), lower split.val_fraction to 0, "
-                        f"or set split.preserve_site: false")
+                        f"{what} with each site in one partition. Patients per site and class: {table}. Add "
+                        f"sites (or patients of the missing classes at other sites), {remedy}")
     x = res.x[:nx].reshape(S, P)
-    site_part = {sites[s]: parts[int(np.argmax(x[s]))] for s in range(S)}
-    out = pats.assign(partition=pats["site"].map(site_part))[["patient_id", "label", "partition", "site"]]
-    return out.sort_values(["partition", "label", "patient_id"]).reset_index(drop=True)
+    return {sites[s]: parts[int(np.argmax(x[s]))] for s in range(S)}
 
 
 def site_table(split: pd.DataFrame) -> pd.DataFrame:
