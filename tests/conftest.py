@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,6 +6,30 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores: one thread each, or PyTorch's thread teams (a thread per core in
+    # every worker) spin against each other. The commands the tests start inherit it.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (pyproject's addopts) the test modules that read the suite-wide
+    end-to-end run (`e2e_workdir`) go to one worker, first, so the DAG runs once, not once per
+    worker; every other test is dealt out one by one. (By module: pytest 9 no longer lets
+    xdist's own `xdist_group` marks rename tests, which its loadgroup mode relies on.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    e2e = {p.name for p in Path(__file__).parent.glob("test_*.py") if "e2e_workdir" in p.read_text()}
+
+    class E2ETogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return "e2e" if nodeid.split("::", 1)[0].rsplit("/", 1)[-1] in e2e else nodeid
+
+    return E2ETogether(config, log)
 
 
 def opts_tiles(**kw):

@@ -167,7 +167,6 @@ def test_mask_model_reproduces_the_layout(tmp_path, method, kimg, floor):
     from histosynth.gan.training.loop import train_mask
     from histosynth.generate.from_maps import render
 
-    torch.set_num_threads(2)
     idx, tiles, maps = toy_mask_index(tmp_path, 256, 32)
     o, m = mask_opts(method, kimg=kimg)
     net = train_mask(idx, tmp_path / method, o, m, progress=False)
