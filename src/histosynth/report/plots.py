@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from histosynth.images import save_png, tile_rows  # noqa: E402
 from histosynth.utils import atomic_path  # noqa: E402
@@ -21,14 +22,24 @@ def _save(fig, path):
 def study_plot(metrics: dict, path, key="auc"):
     arms = list(metrics)
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(arms)), 3.2))
+    folds = any("folds" in m for m in metrics.values())
     for i, a in enumerate(arms):
         m = metrics[a]
         lo, hi = m[f"{key}_ci95"]
         ax.errorbar(i, m[key], yerr=[[m[key] - lo], [hi - m[key]]], fmt="o", capsize=4,
                     color="tab:blue" if a.startswith("real") else ("tab:red" if a.startswith("synthetic") else "tab:purple"))
+        if "folds" in m:  # cross-validation: each fold's value beside the mean
+            vals = [f[key] for f in m["folds"]]
+            ax.scatter(np.full(len(vals), i + 0.18), vals, marker="x", s=18, color="0.45", zorder=3,
+                       label="one fold" if i == 0 else None)
     ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
     ax.set_ylabel(f"test {key.upper()} (95% CI, patients)")
-    ax.set_title("Augmentation study on held-out real patients")
+    if folds:
+        n = max(len(m.get("folds", [])) for m in metrics.values())
+        ax.set_title(f"Augmentation study, {n}-fold cross-validation by patient")
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.set_title("Augmentation study on held-out real patients")
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
 
