@@ -19,15 +19,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (pyproject's addopts) the test modules that read the suite-wide
     end-to-end run (`e2e_workdir`) go to one worker, first, so the DAG runs once, not once per
-    worker; every other test is dealt out one by one. (By module: pytest 9 no longer lets
-    xdist's own `xdist_group` marks rename tests, which its loadgroup mode relies on.)"""
+    worker. The SLURM and browser modules, which mostly wait on sbatch and chromium, go to the
+    next worker first, so that waiting overlaps the DAG; every other test is dealt out one by
+    one. (By module: pytest 9 no longer lets xdist's own `xdist_group` marks rename tests, which
+    its loadgroup mode relies on. The larger group is scheduled first.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     e2e = {p.name for p in Path(__file__).parent.glob("test_*.py") if "e2e_workdir" in p.read_text()}
+    waiting = {"test_slurm.py", "test_draw.py"}
 
     class E2ETogether(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            return "e2e" if nodeid.split("::", 1)[0].rsplit("/", 1)[-1] in e2e else nodeid
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return "e2e" if module in e2e else "waiting" if module in waiting else nodeid
 
     return E2ETogether(config, log)
 
