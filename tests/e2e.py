@@ -1,5 +1,6 @@
 """The tiny end-to-end configuration and how the tests run Snakemake on it; the DAG run itself is
 the suite-wide `e2e_workdir` fixture (conftest.py), shared by every test that reads its results."""
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,19 @@ TINY = {
     "masks": {"enabled": True, "gan": {"kimg": 0.3, "batch": 8, "z_dim": 16}, "channel_base": 256, "channel_max": 32,
               "spade_hidden": 16, "ndf": 16, "d_scales": 1, "eval_maps": 64, "max_maps": 150, "triplets": 4},
 }
+
+
+def lean_config(masks: bool) -> dict:
+    """TINY without the expression run, projection and copy audit (and without the mask run
+    unless `masks`): the class run computes exactly as in TINY, since those do not feed it."""
+    cfg = json.loads(json.dumps(TINY))
+    cfg["expression"]["enabled"] = False
+    cfg["masks"]["enabled"] = masks
+    cfg["generate"]["project"]["tiles"] = 0
+    cfg["evaluate"]["audit"] = {"enabled": False}
+    return cfg
+
+
 SNAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--cores", "2"]
 
 

@@ -1,6 +1,5 @@
 """The SLURM profile against a real scheduler: `.ci/slurm-up` starts a one-node cluster
 (Debian's slurm-wlm) before the suite in CI; elsewhere these tests skip and say why."""
-import json
 import os
 import shutil
 import subprocess
@@ -9,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-from e2e import TINY, write_config
+from e2e import lean_config, write_config
 from test_workflow import REPO, run
 
 
@@ -41,10 +40,7 @@ def slurm_config() -> dict:
     StyleGAN2 and a mask GAN, their evaluation, the classifier, the report), without the
     expression run, projection and copy audit, and one classifier seed: 16 fewer jobs through
     sbatch (each round trip costs seconds of scheduler polling)."""
-    cfg = json.loads(json.dumps(TINY))
-    cfg["expression"]["enabled"] = False
-    cfg["generate"]["project"]["tiles"] = 0
-    cfg["evaluate"]["audit"] = {"enabled": False}
+    cfg = lean_config(masks=True)
     cfg["classify"]["seeds"] = [0]
     return cfg
 

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 import yaml
-from e2e import REPO, SNAKE, TINY, run, snakemake_env, write_config
+from e2e import REPO, SNAKE, TINY, lean_config, run, snakemake_env, write_config
 
 
 @pytest.fixture(scope="module")
@@ -374,12 +374,7 @@ def crash_config() -> dict:
     """TINY with only the class run, as far as the kill points go: no expression or mask run, no
     projection, no copy audit. Every file of the class run is the uninterrupted e2e run's (the
     runs and those stages do not feed it), so that run is the reference."""
-    cfg = json.loads(json.dumps(TINY))
-    cfg["expression"]["enabled"] = False
-    cfg["masks"]["enabled"] = False
-    cfg["generate"]["project"]["tiles"] = 0
-    cfg["evaluate"]["audit"] = {"enabled": False}
-    return cfg
+    return lean_config(masks=False)
 
 
 def test_killed_anywhere_and_restarted_equals_uninterrupted(workdir, tmp_path):
