@@ -28,7 +28,8 @@ def test_concordance_is_near_one_for_a_copying_generator_and_near_chance_for_a_c
     torch.manual_seed(0)
     index, _, _ = toy_index(tmp_path, 96)
     index["partition"] = np.where(np.arange(len(index)) % 4 == 0, "test", "train")
-    opts = validate({"classify": {"arch": "shufflenet_v2_x0_5", "steps": 150, "batch": 32}})["classify"]
+    # 300 steps: at 150 the classifier was still settling (one machine 1.00, another 0.92)
+    opts = validate({"classify": {"arch": "shufflenet_v2_x0_5", "steps": 300, "batch": 32}})["classify"]
     model, classes, _ = train_reference(index, opts)
     held = index[index["partition"] == "test"].reset_index(drop=True)
     prob = predict(model, load_tiles(held))
