@@ -81,17 +81,18 @@ def run(args, cwd, slurm: bool = False, **kw):
 REGION_X1, HOLE, IGNORE = 1700, (520, 760), (1000, 1100)  # level-0 px of the 2048 px demo slides
 
 
-def write_regions(d: Path) -> None:
-    """One QuPath export per demo slide in d/resources/regions: a region of the slide's class
-    ("Tumour" / "Normal tissue") over x < REGION_X1, crossing the slide's top, left and bottom
-    edges, with a hole (HOLE x HOLE), and an Ignore* square (IGNORE x IGNORE). Half the slides
-    as QuPath 0.5 writes them (FeatureCollection, objectType, color list), half as 0.3 (a bare
-    list, PathAnnotationObject, packed colorRGB)."""
+def write_regions(d: Path, demo: dict | None = None) -> None:
+    """One QuPath export per slide of the demo cohort `demo` (TINY's by default) in
+    d/resources/regions: a region of the slide's class ("Tumour" / "Normal tissue") over x <
+    REGION_X1, crossing the slide's top, left and bottom edges, with a hole (HOLE x HOLE), and
+    an Ignore* square (IGNORE x IGNORE). Half the slides as QuPath 0.5 writes them
+    (FeatureCollection, objectType, color list), half as 0.3 (a bare list, PathAnnotationObject,
+    packed colorRGB)."""
     import json
 
     from histosynth.slides.synthetic import demo_cohort
 
-    demo = TINY["demo"]
+    demo = demo or TINY["demo"]
     out = d / "resources" / "regions"
     out.mkdir(parents=True, exist_ok=True)
     (h0, h1), (i0, i1) = HOLE, IGNORE
@@ -120,7 +121,7 @@ def write_config(d: Path, cfg: dict | None = None) -> None:
     """A working directory for `cfg` (TINY): its config and the regions it names."""
     (d / "config").mkdir(parents=True, exist_ok=True)
     (d / "config" / "config.yaml").write_text(yaml.safe_dump(cfg or TINY))
-    write_regions(d)
+    write_regions(d, (cfg or TINY)["demo"])
 
 
 def build_workdir(d: Path) -> Path:
