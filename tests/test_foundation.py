@@ -78,6 +78,35 @@ def test_wrong_or_missing_weights_name_the_file_and_where_to_get_it(phikon_dir, 
     assert "system" not in str(type(e.value))
 
 
+def test_load_builds_no_random_weights_and_keeps_float32(phikon_dir, monkeypatch):
+    """F.load builds the architecture on the meta device and takes the file's tensors as its
+    parameters (in float32, as a built model has them, even from a half-precision file); a buffer
+    that no weights file holds (non-persistent) still gets its built value."""
+    from safetensors.torch import load_file, save_file
+
+    d, _ = phikon_dir
+    built = []
+    real_build = F.build
+
+    def build(name):
+        m = real_build(name)
+        m.register_buffer("extra", torch.full((2,), 3.0), persistent=False)
+        built.append(m.extra.device.type)
+        return m
+
+    m = F.load("phikon", d / "model.safetensors")
+    assert all(p.dtype == torch.float32 and not p.is_meta for p in m.parameters())
+    half = d.parent / "phikon-half.safetensors"
+    save_file({k: v.half() for k, v in load_file(str(d / "model.safetensors")).items()}, str(half))
+    mh = F.load("phikon", half)
+    assert all(p.dtype == torch.float32 for p in mh.parameters())
+    torch.testing.assert_close(mh.state_dict()["cls_token"], m.state_dict()["cls_token"], atol=1e-3, rtol=1e-3)
+    monkeypatch.setattr(F, "build", build)
+    mb = F.load("phikon", d / "model.safetensors")
+    assert built == ["meta", "cpu"] and torch.equal(mb.extra, torch.full((2,), 3.0))
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), mb.state_dict().values()))
+
+
 def test_uni_from_its_published_layout(tmp_path, tiles):
     """UNI's file is timm's ViT-L/16 state dict (its model card creates the model with timm and
     loads pytorch_model.bin strictly); 1.2 GB of random weights."""

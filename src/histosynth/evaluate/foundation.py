@@ -111,11 +111,17 @@ def load(name: str, path) -> torch.nn.Module:
         raise UserError(f"the {name} extractor needs its weights file ({spec['file']}, from {spec['where']}), and "
                         f"{p} does not exist: download it there, or set evaluate.{name}_weights to where it is")
     sd = read_state_dict(p)
-    model = build(name)
+    with torch.device("meta"):  # no random initialisation of the weights the file replaces
+        model = build(name)
     try:
         if spec["layout"] == "hf-vit":
             sd = hf_vit_to_timm(sd, len(model.blocks))
-        model.load_state_dict(sd, strict=True)
+        # the file's tensors become the parameters, in float32 as a freshly built model's
+        sd = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in sd.items()}
+        model.load_state_dict(sd, strict=True, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a buffer no file holds
+            model = build(name)
+            model.load_state_dict(sd, strict=True)
     except (KeyError, RuntimeError) as exc:
         msg = re.sub(r"\s+", " ", str(exc))[:600]
         raise UserError(f"{p} is not {name}'s published weights ({spec['arch']} in the {spec['layout']} layout): "
