@@ -89,18 +89,17 @@ def test_killed_anywhere_and_restarted_equals_uninterrupted(e2e_workdir, tmp_pat
 
     left = [str(p) for pat in TEMP_PATTERNS for d in ("results", "resources") for p in (tmp_path / d).rglob(pat)]
     assert not left, left
-    workdir = e2e_workdir
-    assert (tmp_path / "results/split/split.tsv").read_text() == (workdir / "results/split/split.tsv").read_text()
-    for idx in sorted((workdir / "results/tiles").glob("*.parquet")):
+    assert (tmp_path / "results/split/split.tsv").read_text() == (e2e_workdir / "results/split/split.tsv").read_text()
+    for idx in sorted((e2e_workdir / "results/tiles").glob("*.parquet")):
         a, b = pd.read_parquet(idx), pd.read_parquet(tmp_path / "results/tiles" / idx.name)
         pd.testing.assert_frame_equal(a.drop(columns=["store"]), b.drop(columns=["store"]))
     nets = sorted((tmp_path / "results/gan").glob("*/network.pt"))
     assert [n.parent.name for n in nets] == [TINY["gan"].get("name", "stylegan2-class")]
     for net in nets:
-        a = torch.load(workdir / "results/gan" / net.parent.name / "network.pt", weights_only=True)["G_ema"]
+        a = torch.load(e2e_workdir / "results/gan" / net.parent.name / "network.pt", weights_only=True)["G_ema"]
         b = torch.load(net, weights_only=True)["G_ema"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), net.parent.name
-    sa = json.loads((workdir / "results/report/summary.json").read_text())
+    sa = json.loads((e2e_workdir / "results/report/summary.json").read_text())
     sb = json.loads((tmp_path / "results/report/summary.json").read_text())
     run_name = nets[0].parent.name
     assert sa["slides"] == sb["slides"] and sa["classifier"] == sb["classifier"], kills
