@@ -8,6 +8,7 @@ alike) gives everything a stage could need at run time, without importing anythi
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -60,6 +61,18 @@ def _imports(node: ast.AST, module: str) -> set[str]:
     return out
 
 
+@functools.cache
+def _parse(name: str) -> ast.Module:
+    return ast.parse(_module_file(name).read_text())
+
+
+@functools.cache
+def _file_imports(name: str) -> frozenset[str]:
+    """Everything a histosynth module imports (parsed once per session: every stage walks the
+    same modules)."""
+    return frozenset(_imports(_parse(name), name))
+
+
 def third_party(roots: set[str]) -> set[str]:
     """Top-level third-party module names reachable from the histosynth modules `roots`."""
     seen: set[str] = set()
@@ -77,7 +90,7 @@ def third_party(roots: set[str]) -> set[str]:
         f = _module_file(mod)
         if f is None:
             continue
-        for imp in _imports(ast.parse(f.read_text()), mod):
+        for imp in _file_imports(mod):
             top = imp.split(".")[0]
             if top == "histosynth":
                 todo.append(imp)
@@ -88,7 +101,7 @@ def third_party(roots: set[str]) -> set[str]:
 
 def _functions(module: str):
     """(module-level imports, {function name: node}) of a histosynth module."""
-    tree = ast.parse(_module_file(module).read_text())
+    tree = _parse(module)
     funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     top = {imp for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) for imp in _imports(n, module)}
     return top, funcs

@@ -8,6 +8,7 @@ following the imports in src/, tests/importgraph.py).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import os
 import re
@@ -69,8 +70,13 @@ def _requirements() -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"])}
 
 
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    return md.packages_distributions()  # scans every installed distribution: once per session
+
+
 def _distributions(modules: set[str]) -> set[str]:
-    provided = md.packages_distributions()
+    provided = _packages_distributions()
     out = set()
     for mod in modules:
         assert mod in provided, f"module {mod} is imported but no installed distribution provides it"
