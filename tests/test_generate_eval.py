@@ -128,6 +128,14 @@ def test_generate_images_follows_nvidias_seed_convention(tmp_path):
     imgs = [np.asarray(Image.open(tmp_path / "c" / f"seed{s:04d}.png")) for s in range(4)]
     assert all(np.array_equal(imgs[0], x) for x in imgs[1:])
     assert np.array_equal(imgs[0], np.asarray(Image.open(tmp_path / "d" / "seed0000.png")))
+    # seeded: each seed's own noise maps, as bulk generation draws them
+    from histosynth.gan.networks import SeededNoise
+
+    main(["-q", "generate-images", "--network", str(net), "--seeds", "7", "--class", "light", "--noise-mode",
+          "seeded", "--outdir", str(tmp_path / "s")])
+    with torch.no_grad():
+        want = to_uint8(G(z, torch.tensor([[0.0, 1.0]]), noise_mode=SeededNoise([7])))[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "s" / "seed0007.png")), want)
     # refusals name what to give
     assert main(["-q", "generate-images", "--network", str(net), "--seeds", "3-1", "--class", "dark",
                  "--outdir", str(tmp_path / "e")]) == 2
@@ -136,3 +144,45 @@ def test_generate_images_follows_nvidias_seed_convention(tmp_path):
 
         generate_images(net, [0], tmp_path / "f", class_name="tumour")
     assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
+
+
+def test_bulk_tiles_draw_their_noise_from_their_own_seed(tmp_path):
+    """Bulk generation (generate_sets) gives each tile its own noise maps, drawn from its seed:
+    the same seed gives the same tile in any batch, different seeds differ in their stochastic
+    detail even at the same z (as in training), and a set made with the network's one stored
+    noise ("const": the same fine detail at the same places in every tile) is not reused."""
+    from histosynth.gan.networks import Generator, SeededNoise
+    from histosynth.generate.sample import generate_sets, z_from_seeds
+    from histosynth.slides.store import TileStore, read_index, write_index
+    from histosynth.torch_utils.images import to_uint8
+
+    torch.manual_seed(0)
+    G = Generator(16, 2, 32, 16, 256, 32, 2).eval()
+    for name, p in G.named_parameters():
+        if name.endswith("noise_strength"):
+            p.data.fill_(0.5)  # a trained network's noise matters; a new one's strengths are zero
+    z, c = torch.randn(3, 16), torch.tensor([[1.0, 0.0]]).expand(3, -1)
+    with torch.no_grad():
+        batch = G(z, c, noise_mode=SeededNoise([5, 6, 7]))
+        alone = G(z[1:2], c[:1], noise_mode=SeededNoise([6]))[0]
+        assert torch.allclose(alone, batch[1], atol=1e-5)  # batch-independent (up to float rounding)
+        same_z = G(z[:1].expand(2, -1), c[:2], noise_mode=SeededNoise([5, 6]))
+        const = G(z[:1].expand(2, -1), c[:2], noise_mode="const")
+    assert (same_z[0] - same_z[1]).abs().max() > 0.05 and torch.equal(const[0], const[1])
+
+    network = tmp_path / "network.pt"
+    network.write_bytes(b"stands for the network file (its name and mtime are recorded)")
+    sets = [{"name": "a", "c": [[1.0, 0.0]], "seeds": list(range(10, 16))}]
+    df = generate_sets(G, sets, tmp_path / "gen", network, batch=4, progress=False)
+    assert (df["noise"] == "seeded").all()
+    with torch.no_grad():
+        want = to_uint8(G(z_from_seeds([13], 16), torch.tensor([[1.0, 0.0]]), noise_mode=SeededNoise([13])))[0]
+    with TileStore(tmp_path / "gen" / "a.tiff") as r:
+        got = r[int(df.loc[df["seed"] == 13, "page"].iloc[0])]
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    # a set on disk from const noise (no noise column) is made again, not reused
+    index = tmp_path / "gen" / "a.parquet"
+    old = read_index(index).drop(columns="noise")
+    write_index(old, index)
+    again = generate_sets(G, sets, tmp_path / "gen", network, batch=4, progress=False)
+    assert (again["noise"] == "seeded").all() and "noise" in read_index(index).columns

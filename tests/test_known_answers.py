@@ -119,13 +119,15 @@ def test_the_study_refuses_a_test_patient_the_gan_saw(tmp_path):
 
 
 def test_truncation_zero_and_blend_endpoints(tmp_path):
-    """psi = 0 in bulk generation: every seed of a class gives that class's centre image; the
-    blend's first and last columns are the two pure classes' images of each seed."""
+    """psi = 0 in bulk generation: every seed of a class gets that class's centre w, so its tiles
+    differ only in their noise (each drawn from the tile's seed); the blend's first and last
+    columns are the two pure classes' images of each seed."""
     from test_gan import tiny_opts
 
     from histosynth.gan.checkpoint import load_generator
+    from histosynth.gan.networks import SeededNoise
     from histosynth.gan.training.loop import train
-    from histosynth.generate.sample import class_blend_grid, generate, z_from_seeds
+    from histosynth.generate.sample import class_blend_grid, generate, w_center, z_from_seeds
     from histosynth.slides.store import load_tiles
     from histosynth.torch_utils.images import to_uint8
 
@@ -133,9 +135,15 @@ def test_truncation_zero_and_blend_endpoints(tmp_path):
     net = train(index, tmp_path / "run", tiny_opts(kimg=0.05, snap_kimg=0.05), progress=False)
     df = generate(net, tmp_path / "gen", 4, truncation=0.0, tile_meta={"tile_px": 16, "tile_um": 32.0, "mpp": 2.0},
                   progress=False)
-    for _, grp in df.groupby("condition"):
+    G, spec = load_generator(net).G, load_generator(net).spec
+    for cond, grp in df.groupby("condition"):
         x = load_tiles(grp)
-        assert all(np.array_equal(x[0], t) for t in x[1:])
+        c = torch.from_numpy(spec.encode(pd.DataFrame([{"label": cond}])))
+        with torch.no_grad():
+            ws = w_center(G, c).reshape(1, 1, -1).expand(1, G.num_ws, -1)
+            for seed, tile in zip(grp["seed"], x):
+                want = to_uint8(G.synthesis(ws, noise_mode=SeededNoise([seed])))[0]
+                assert np.abs(tile.astype(int) - want.astype(int)).max() <= 1
     a, b = (load_tiles(g)[0] for _, g in df.groupby("condition"))
     assert not np.array_equal(a, b)  # the two classes' centres differ
 

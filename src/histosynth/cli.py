@@ -85,7 +85,7 @@ COMMANDS = {
                          ("--class", {"dest": "class_name", "help": "class (or attribute combination) by name"}),
                          ("--class-index", {**INT, "help": "index of the one-hot class vector"}),
                          ("--trunc", {**FLOAT, "default": 1.0, "help": "truncation psi, towards the mean w"}),
-                         ("--noise-mode", {"choices": ["const", "random", "none"], "default": "const"})]),
+                         ("--noise-mode", {"choices": ["const", "seeded", "random", "none"], "default": "const"})]),
     "import-stylegan2": ("histosynth.commands.gan:import_stylegan2", "a stylegan2-ada-pytorch or slideflow StyleGAN2 "
                         "pickle as a histosynth network.pt (read without running anything from the file)", [],
                         ["--pkl", "--out", ("--class-names", {"help": "comma-separated names of the label indices "

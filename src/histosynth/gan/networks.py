@@ -165,7 +165,9 @@ class SynthesisLayer(nn.Module):
     def forward(self, x, w, noise_mode="random", gain=1.0):
         styles = self.affine(w)
         noise = None
-        if noise_mode == "random":
+        if isinstance(noise_mode, SeededNoise):
+            noise = noise_mode.draw(self.resolution, x.device) * self.noise_strength
+        elif noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device) * self.noise_strength
         elif noise_mode == "const":
             noise = self.noise_const * self.noise_strength
@@ -173,6 +175,23 @@ class SynthesisLayer(nn.Module):
                              resample_filter=self.resample_filter, flip_weight=self.up == 1)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, self.bias, act="lrelu", gain=gain, clamp=clamp)
+
+
+class SeededNoise:
+    """``noise_mode`` for images reproducible by seed that still differ in their stochastic detail:
+    each sample's per-layer noise maps are drawn, layer after layer, from a generator seeded by
+    the sample's own seed, so an image depends on its seed alone (not on the batch it is made in),
+    and two seeds get independent noise, as every image does in training (``"random"``).
+    ``"const"`` (NVIDIA's generate.py default) instead gives every image the same stored maps:
+    the same fine detail at the same places in every tile. One instance serves one forward pass."""
+
+    def __init__(self, seeds):
+        # torch's CPU generator keeps 32 bits of its seed: a bijection of the seed's low 32 bits
+        # (Knuth's multiplicative hash and a fixed offset), a stream apart from torch.manual_seed(seed)
+        self.gens = [torch.Generator().manual_seed((int(s) * 2654435761 + 0x6E6F6973) % 2 ** 32) for s in seeds]
+
+    def draw(self, resolution: int, device) -> torch.Tensor:
+        return torch.stack([torch.randn(1, resolution, resolution, generator=g) for g in self.gens]).to(device)
 
 
 class ToRGBLayer(nn.Module):

@@ -1,8 +1,9 @@
 """Single images by seed, as NVIDIA's ``generate.py`` makes them: for each seed,
 ``z = numpy.random.RandomState(seed).randn(1, z_dim)``, the condition as a one-hot class vector
 (or the named condition of one of our networks), truncation ψ towards the network's global
-mean w, and noise mode const (the layers' stored noise), none, or random (torch's generator, so
-only const and none repeat across machines). The image goes to ``<outdir>/seed<NNNN>.png``."""
+mean w, and noise mode const (the layers' stored noise), seeded (noise maps drawn from the seed,
+as bulk generation makes its tiles), none, or random (torch's generator, so only const, seeded
+and none repeat). The image goes to ``<outdir>/seed<NNNN>.png``."""
 from __future__ import annotations
 
 import re
@@ -63,19 +64,20 @@ def generate_images(network, seeds, outdir, class_name=None, class_index=None, t
                     device="cpu") -> list[Path]:
     """One PNG per seed; the paths written."""
     from histosynth.gan.checkpoint import load_generator, require_kind
+    from histosynth.gan.networks import SeededNoise
     from histosynth.images import save_png
     from histosynth.runs import STYLEGAN2_KINDS
     from histosynth.torch_utils.images import to_uint8
 
-    if noise_mode not in ("const", "random", "none"):
-        raise UserError(f"--noise-mode {noise_mode!r}: one of const, random, none")
+    if noise_mode not in ("const", "seeded", "random", "none"):
+        raise UserError(f"--noise-mode {noise_mode!r}: one of const, seeded, random, none")
     net = load_generator(network, device)
     require_kind(net, STYLEGAN2_KINDS, "generate-images")
     c = condition_vector(net, class_name, class_index).to(device)
     out, paths = Path(outdir), []
     for seed in seeds:
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, net.G.z_dim)).to(device, torch.float32)
-        img = net.G(z, c, psi=trunc, noise_mode=noise_mode)
+        img = net.G(z, c, psi=trunc, noise_mode=SeededNoise([seed]) if noise_mode == "seeded" else noise_mode)
         paths.append(out / f"seed{seed:04d}.png")
         save_png(to_uint8(img)[0], paths[-1])
     return paths

@@ -17,12 +17,14 @@ import pandas as pd
 import torch
 
 from histosynth.gan.checkpoint import load_generator, require_kind
+from histosynth.gan.networks import SeededNoise
 from histosynth.images import grid, save_png
 from histosynth.runs import STYLEGAN2_KINDS
 from histosynth.slides.store import TileStoreWriter, read_index, write_index
 from histosynth.torch_utils.images import to_uint8
 from histosynth.utils import UserError
 
+NOISE = "seeded"  # each tile's noise maps from its own seed (gan.networks.SeededNoise)
 log = logging.getLogger(__name__)
 
 
@@ -114,6 +116,7 @@ def generate_sets(G, sets: list[dict], outdir, network, *, truncation=1.0, batch
             # reuse a finished set only if it is exactly what is asked now
             if (len(done) == len(seeds) and np.array_equal(done["seed"].to_numpy(), seeds)
                     and (done["truncation"] == truncation).all() and (done["network"] == str(network)).all()
+                    and "noise" in done.columns and (done["noise"] == NOISE).all()
                     and all(k in done.columns and (done[k] == v).all() for k, v in tile_meta.items())
                     and Path(network).stat().st_mtime <= index.stat().st_mtime):
                 frames.append(done)
@@ -125,13 +128,13 @@ def generate_sets(G, sets: list[dict], outdir, network, *, truncation=1.0, batch
             for i in tqdm(range(0, len(seeds), batch), desc=f"generate {name}", unit="batch", disable=not progress):
                 s = seeds[i:i + batch]
                 imgs = to_uint8(G(z_from_seeds(s, G.z_dim).to(device), c.expand(len(s), -1), psi=truncation,
-                                  noise_mode="const", w_center=center))
+                                  noise_mode=SeededNoise(s), w_center=center))
                 if post is not None:
                     imgs = post(imgs)
                 for seed, img in zip(s, imgs):
                     page = w.append(img)
                     rows.append(dict(slide_id=f"synthetic-{safe}", patient_id=f"synthetic-{safe}", page=page,
-                                     seed=int(seed), condition=name, network=str(network), truncation=truncation,
+                                     seed=int(seed), condition=name, network=str(network), truncation=truncation, noise=NOISE,
                                      kept=True, store=str(store), **meta, **tile_meta))
         df = pd.DataFrame(rows)
         write_index(df, index)

@@ -16,7 +16,7 @@ from histosynth.gan.conditioning import ConditioningSpec
 from histosynth.gan.dataset import ReadAhead, TileSource, sampling_weights, to_float
 from histosynth.gan.loss import LabelMapLoss, StyleGAN2Loss
 from histosynth.gan.mask_networks import build_mask_discriminator, build_mask_generator, one_hot
-from histosynth.gan.networks import build_discriminator, build_generator
+from histosynth.gan.networks import SeededNoise, build_discriminator, build_generator
 from histosynth.images import grid, save_png
 from histosynth.masks.build import load_maps
 from histosynth.masks.labels import LabelSet
@@ -144,8 +144,8 @@ class StyleGAN2Kind:
     @torch.no_grad()
     def write_samples(self, G_ema, path) -> None:
         z, c, rows = self._grid_inputs()
-        imgs = torch.cat([G_ema(z[i:i + 32].to(self.device), c[i:i + 32].to(self.device), noise_mode="const")
-                          for i in range(0, len(z), 32)])
+        imgs = torch.cat([G_ema(z[i:i + 32].to(self.device), c[i:i + 32].to(self.device),
+                                noise_mode=SeededNoise(range(i, min(i + 32, len(z))))) for i in range(0, len(z), 32)])
         save_png(grid(to_uint8(imgs), rows), path)
 
     def metadata(self) -> dict:
