@@ -107,6 +107,37 @@ def test_nn_test_binomial_and_verdict_on_known_answers():
     assert res_copy["authenticity"]["generated"] < res_fresh["authenticity"]["generated"]
 
 
+def test_off_class_tiles_are_not_taken_for_copies_and_class_copies_still_are():
+    """A class of spread-out tiles (b: dense, high-contrast, far from one another in pixels) and a
+    class of tiles close together (a: smooth, of another colour). Generated 'b' tiles that look
+    like class a, as an under-fitted generator ignoring its condition makes them, lie nearer to a
+    training tile (an a tile) than held-out b tiles do to theirs: measured against all training
+    tiles, the class test takes them for copies. Measured against the class's own training tiles
+    they are far; copies of b training tiles are flagged either way."""
+    rng = np.random.default_rng(7)
+
+    def tiles(n, label):
+        return rng.normal(0, 0.2, (n, 16)) if label == "a" else rng.normal(10, 3.0, (n, 16))
+
+    train = np.concatenate([tiles(200, "a"), tiles(200, "b")])
+    tl = np.array(["a"] * 200 + ["b"] * 200)
+    held = np.concatenate([tiles(100, "a"), tiles(100, "b")])
+    hl = np.array(["a"] * 100 + ["b"] * 100)
+    off = tiles(100, "a")  # presented as class b
+    gl = np.array(["b"] * 100)
+    opts = {"cells": 4, "min_cell": 10}
+    before, _ = C.audit_features(train, [off], [held], gl, hl, opts)
+    assert before["per_class"]["b"]["p1"]["share"] > 0.5 and before["per_class"]["b"]["training"] == "all classes"
+    assert C.verdict({"x": before})["verdict"] == "copying"  # the false alarm the class's training tiles avoid
+    res, _ = C.audit_features(train, [off], [held], gl, hl, opts, train_labels=tl)
+    assert res["per_class"]["b"]["training"] == "class" and res["per_class"]["b"]["p1"]["share"] < 0.05
+    copies = train[tl == "b"][:100] + rng.normal(0, 1e-3, (100, 16))
+    res_copy, _ = C.audit_features(train, [copies], [held], gl, hl, opts, train_labels=tl)
+    assert res_copy["per_class"]["b"]["p1"]["share"] == 1.0
+    v = C.verdict({"x": res_copy})
+    assert v["verdict"] == "copying" and any("training tile of the class" in r for r in v["reasons"])
+
+
 @pytest.fixture(scope="module")
 def audit_cohort(e2e_workdir, tmp_path_factory):
     """The end-to-end run's kept tiles with the patients re-partitioned: one patient per class as

@@ -229,7 +229,8 @@ def audit_copies(opts: dict, tiles, synthetic, reference, out, run, pairs=None, 
         gv = _view_features(fake, fn, n_views, f"[{ex}] audited tiles x{n_views} views", progress)
         hv = _view_features(held, fn, n_views, f"[{ex}] held-out tiles x{n_views} views", progress)
         res, per = audit_features(tf, gv, hv, fake["label"] if labels else None, held["label"] if labels else None, a,
-                                  held["patient_id"] if "patient_id" in held.columns else None)
+                                  held["patient_id"] if "patient_id" in held.columns else None,
+                                  train["label"] if labels and "label" in train.columns else None)
         res.update(extractor=ex, n_training=int(len(train)))
         results[ex] = res
         nn = res["nearest_neighbour"]

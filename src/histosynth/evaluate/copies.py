@@ -7,7 +7,8 @@ tiles T the generator saw and real tiles H of held-out patients it never saw:
 * **Nearest-neighbour test.** Each tile's distance to its nearest training tile. The held-out
   tiles' distances are the null: how close a tile of a *new patient* comes to the training set.
   A generated tile closer than the null's 1st (5th) percentile is flagged; under the null 1% (5%)
-  of tiles are, and a one-sided binomial test says whether the generated set has more.
+  of tiles are, and a one-sided binomial test says whether the generated set has more. Per class,
+  the class's generated and held-out tiles are measured against that class's training tiles.
 * **Data-copying test** of Meehan, Chaudhuri & Dasgupta (AISTATS 2020). The training features
   (projected on their first ``dims`` principal components) are partitioned into cells by k-means;
   in each cell, a Mann-Whitney U test compares the generated and held-out tiles' distances to the
@@ -225,12 +226,18 @@ def _best_view(view_feats: list[np.ndarray], view: np.ndarray) -> np.ndarray:
 
 
 def audit_features(train: np.ndarray, gen_views: list[np.ndarray], null_views: list[np.ndarray],
-                   gen_labels=None, null_labels=None, opts: dict | None = None, null_patients=None) -> tuple[dict, dict]:
+                   gen_labels=None, null_labels=None, opts: dict | None = None, null_patients=None,
+                   train_labels=None) -> tuple[dict, dict]:
     """One extractor's audit. `train`: (n, d) training features; `gen_views` / `null_views`: the
     generated and held-out tiles' features, one array per view. Labels (optional) give the tests
     per class, each class against its own held-out tiles (against all held-out tiles where a
     class has fewer than `min_null` tiles or, given `null_patients`, fewer than
     `min_null_patients` patients: one patient's tiles measure that patient, not new patients).
+    Given `train_labels` too, a class tested against its own held-out tiles measures both sides'
+    distances to that class's training tiles: a generated tile of the class that looks like
+    another class (an off-condition tile) lies near that class's training tiles, which the
+    class's held-out tiles do not, and would otherwise pass for a copy; a copy of another class's
+    tile is still seen by the test over all classes.
     Returns (results, per-tile arrays of the generated tiles: distance, nearest training row,
     view, flagged below the null's 1st and 5th percentiles, authentic)."""
     o = {"cells": 20, "min_cell": 20, "pca_dims": 64, "min_null": 20, "min_null_patients": 2, "seed": 0,
@@ -246,10 +253,18 @@ def audit_features(train: np.ndarray, gen_views: list[np.ndarray], null_views: l
     if gen_labels is not None and null_labels is not None:
         gl, hl = np.asarray(gen_labels).astype(str), np.asarray(null_labels).astype(str)
         pats = None if null_patients is None else np.asarray(null_patients).astype(str)
+        tl = None if train_labels is None else np.asarray(train_labels).astype(str)
         for c in sorted(set(gl)):
             own = hl == c
             enough = own.sum() >= o["min_null"] and (pats is None or len(set(pats[own])) >= o["min_null_patients"])
-            t = nn_test(gd[gl == c], hd[own] if enough else hd)
+            if enough and tl is not None and (tl == c).any():
+                tc = train[tl == c]
+                g_d = nearest_over_views([v[gl == c] for v in gen_views], tc)[0]
+                t = nn_test(g_d, nearest_over_views([v[own] for v in null_views], tc)[0])
+                t["training"] = "class"
+            else:
+                t = nn_test(gd[gl == c], hd[own] if enough else hd)
+                t["training"] = "all classes"
             t["null"] = "class" if enough else "all classes (too few held-out tiles or patients of the class)"
             t["authenticity"] = float(auth_flags[gl == c].mean())
             res["per_class"][c] = t
@@ -286,8 +301,9 @@ def verdict(results: dict, alpha: float = 0.001, min_excess: float = 2.0, ct_thr
     for ex, group, t in tests:
         p = t["p1"]
         if p["share"] >= min_excess * p["expected"] and p["p_value"] < level:
+            of = " of the class" if t.get("training") == "class" else ""
             reasons.append(f"[{ex}] {'' if group == 'all' else f'class {group}: '}{p['share']:.1%} of the generated "
-                           f"tiles lie closer to a training tile than 99% of held-out patients' tiles do (expected "
+                           f"tiles lie closer to a training tile{of} than 99% of held-out patients' tiles do (expected "
                            f"{p['expected']:.0%}, binomial p {_p(p['p_value'])})")
     for ex, r in voting.items():
         ct = r["data_copying"]["c_t"]
