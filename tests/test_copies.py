@@ -126,11 +126,15 @@ def test_off_class_tiles_are_not_taken_for_copies_and_class_copies_still_are():
     off = tiles(100, "a")  # presented as class b
     gl = np.array(["b"] * 100)
     opts = {"cells": 4, "min_cell": 10}
-    before, _ = C.audit_features(train, [off], [held], gl, hl, opts)
+    before, before_tiles = C.audit_features(train, [off], [held], gl, hl, opts)
     assert before["per_class"]["b"]["p1"]["share"] > 0.5 and before["per_class"]["b"]["training"] == "all classes"
     assert C.verdict({"x": before})["verdict"] == "copying"  # the false alarm the class's training tiles avoid
-    res, _ = C.audit_features(train, [off], [held], gl, hl, opts, train_labels=tl)
+    res, res_tiles = C.audit_features(train, [off], [held], gl, hl, opts, train_labels=tl)
     assert res["per_class"]["b"]["training"] == "class" and res["per_class"]["b"]["p1"]["share"] < 0.05
+    # the searches per class give the same nearest training tiles over all classes as one search
+    for k in ("distance", "nearest", "view"):
+        np.testing.assert_array_equal(res_tiles[k], before_tiles[k])
+    assert res["nearest_neighbour"] == before["nearest_neighbour"]
     copies = train[tl == "b"][:100] + rng.normal(0, 1e-3, (100, 16))
     res_copy, _ = C.audit_features(train, [copies], [held], gl, hl, opts, train_labels=tl)
     assert res_copy["per_class"]["b"]["p1"]["share"] == 1.0

@@ -217,6 +217,23 @@ def _nearest_other(train: np.ndarray, rows: np.ndarray, chunk: int = 1024, candi
     return out
 
 
+def _nearest_by_class(view_feats: list[np.ndarray], train: np.ndarray, train_labels: np.ndarray):
+    """nearest_over_views against the whole training set, and each tile's distance to the nearest
+    training tile of every class ({class: distances}), from one search per class's training rows
+    (together one search of the whole set, at its cost)."""
+    best, by_class = None, {}
+    for c in sorted(set(train_labels)):
+        rows = np.flatnonzero(train_labels == c)
+        d, i, v = nearest_over_views(view_feats, train[rows])
+        by_class[c], i = d, rows[i]
+        if best is None:
+            best = [d, i, v]
+        else:
+            closer = d < best[0]
+            best = [np.where(closer, d, best[0]), np.where(closer, i, best[1]), np.where(closer, v, best[2])]
+    return tuple(best), by_class
+
+
 def _best_view(view_feats: list[np.ndarray], view: np.ndarray) -> np.ndarray:
     """Each tile's features in the view that came nearest to the training set."""
     out = np.array(view_feats[0], copy=True)
@@ -242,8 +259,14 @@ def audit_features(train: np.ndarray, gen_views: list[np.ndarray], null_views: l
     view, flagged below the null's 1st and 5th percentiles, authentic)."""
     o = {"cells": 20, "min_cell": 20, "pca_dims": 64, "min_null": 20, "min_null_patients": 2, "seed": 0,
          **(opts or {})}
-    gd, gi, gv = nearest_over_views(gen_views, train)
-    hd, hi, hv = nearest_over_views(null_views, train)
+    tl = None if train_labels is None else np.asarray(train_labels).astype(str)
+    g_by = h_by = {}
+    if tl is not None and gen_labels is not None and null_labels is not None:
+        (gd, gi, gv), g_by = _nearest_by_class(gen_views, train, tl)
+        (hd, hi, hv), h_by = _nearest_by_class(null_views, train, tl)
+    else:
+        gd, gi, gv = nearest_over_views(gen_views, train)
+        hd, hi, hv = nearest_over_views(null_views, train)
     res = {"nearest_neighbour": nn_test(gd, hd)}
     auth, auth_flags = authenticity(train, gd, gi)
     res["authenticity"] = {"generated": auth, "heldout": authenticity(train, hd, hi)[0]}
@@ -253,14 +276,11 @@ def audit_features(train: np.ndarray, gen_views: list[np.ndarray], null_views: l
     if gen_labels is not None and null_labels is not None:
         gl, hl = np.asarray(gen_labels).astype(str), np.asarray(null_labels).astype(str)
         pats = None if null_patients is None else np.asarray(null_patients).astype(str)
-        tl = None if train_labels is None else np.asarray(train_labels).astype(str)
         for c in sorted(set(gl)):
             own = hl == c
             enough = own.sum() >= o["min_null"] and (pats is None or len(set(pats[own])) >= o["min_null_patients"])
-            if enough and tl is not None and (tl == c).any():
-                tc = train[tl == c]
-                g_d = nearest_over_views([v[gl == c] for v in gen_views], tc)[0]
-                t = nn_test(g_d, nearest_over_views([v[own] for v in null_views], tc)[0])
+            if enough and c in g_by:
+                t = nn_test(g_by[c][gl == c], h_by[c][own])
                 t["training"] = "class"
             else:
                 t = nn_test(gd[gl == c], hd[own] if enough else hd)
