@@ -28,6 +28,21 @@ def test_shapes_and_conditioning_path():
     assert not torch.allclose(G(z, c, noise_mode="const"), G(z, torch.eye(3)[[1, 2, 0, 1]], noise_mode="const"))
 
 
+def test_adam_betas_reach_both_optimisers_with_the_lazy_regularisation_correction(tmp_path):
+    """gan.beta1/beta2 are G's and D's Adam betas, corrected as stylegan2-ada corrects lr and
+    beta2 for lazy regularisation (ratio interval / (interval + 1)); the defaults are its (0, 0.99)."""
+    from histosynth.gan.training.kinds import StyleGAN2Kind
+
+    index, _, _ = toy_index(tmp_path, 16)
+    for b1, b2 in ((0.0, 0.99), (0.5, 0.9)):
+        kind = StyleGAN2Kind(index, tiny_opts(beta1=b1, beta2=b2, pl_weight=2.0, pl_interval=4, r1_interval=16),
+                             torch.device("cpu"), 1)
+        opt_g, opt_d = kind.optimizers(*kind.build())
+        for opt, ratio in ((opt_g, 4 / 5), (opt_d, 16 / 17)):
+            g = opt.param_groups[0]
+            assert g["betas"] == pytest.approx((b1 ** ratio, b2 ** ratio)) and g["lr"] == pytest.approx(0.003 * ratio)
+
+
 def test_conditional_gan_learns_toy_classes(tmp_path):
     """A classifier trained on real toy tiles labels generated tiles of each class correctly."""
     from sklearn.linear_model import LogisticRegression

@@ -71,7 +71,8 @@ class StyleGAN2Kind:
 
         def adam(params, lr, interval):
             ratio = interval / (interval + 1) if interval else 1
-            return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8, **fused_adam(self.device))
+            return torch.optim.Adam(params, lr=lr * ratio, betas=(o["beta1"] ** ratio, o["beta2"] ** ratio), eps=1e-8,
+                                    **fused_adam(self.device))
         return (adam(G.parameters(), o["lr_g"], o["pl_interval"] if o["pl_weight"] > 0 else 0),
                 adam(D.parameters(), o["lr_d"], o["r1_interval"]))
 
