@@ -242,6 +242,14 @@ def test_a_checkpoint_of_other_settings_or_tiles_is_not_resumed(tmp_path):
     assert json.loads((run / "training_options.json").read_text())["resumed_from_kimg"] == 0.208
     train(index, run, tiny_opts(kimg=0.4), progress=False)  # a finished run asked again: nothing to do
 
+    # a checkpoint written before a gan key existed resumes when the key is at its default, not otherwise
+    older = {k: v for k, v in ck["run_identity"]["options"].items() if k not in ("beta1", "beta2")}
+    torch.save(dict(ck, run_identity=dict(ck["run_identity"], options=older)), run / "checkpoint.pt")
+    with pytest.raises(UserError, match=r"gan\.beta1 '\(unset\)' -> 0\.5"):
+        train(index, run, tiny_opts(kimg=0.5, beta1=0.5), progress=False)
+    train(index, run, tiny_opts(kimg=0.5), progress=False)
+    assert load(run / "network.pt")["cur_nimg"] >= 500
+
     # a checkpoint that does not say what it belongs to is not resumed blindly
     del ck["run_identity"]
     torch.save(ck, run / "checkpoint.pt")

@@ -148,11 +148,18 @@ def run_identity(kind) -> dict:
 
 
 def _identity_differences(saved: dict, now: dict) -> list[str]:
+    """What differs between a checkpoint's identity and the run's; a gan key the checkpoint does
+    not record (it was written before the key existed) differs only when it is not at its default."""
+    from histosynth.config import validate
+
+    defaults = validate({"gan": {}})["gan"]
     out = []
     for section in ("options", "mask_options"):
         a, b = saved.get(section) or {}, now.get(section) or {}
         prefix = "gan" if section == "options" else "masks"
         for k in sorted(set(a) | set(b), key=str):
+            if section == "options" and k not in a and k in defaults and b.get(k) == defaults[k]:
+                continue
             if a.get(k) != b.get(k):
                 out.append(f"{prefix}.{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}")
     if saved.get("tiles_sha256") != now.get("tiles_sha256"):
