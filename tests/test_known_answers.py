@@ -323,6 +323,26 @@ def test_colour_check_places_generated_stats_in_the_real_patients_range():
     # large tiles are read on a pixel grid of at most max_side a side
     big = np.repeat(np.repeat(tiles(0.2, 0.1, 2), 8, axis=1), 8, axis=2)  # 128 px
     assert np.allclose(tile_moments(big), tile_moments(big[:, ::2, ::2], max_side=64))
+    # the control: real tiles pooled as generated tiles are. Two patients, one pale and one dark,
+    # each of uniform colour: pooled, their H spread holds the difference between them and lies
+    # above either patient's own; the tiles themselves pass, a generator whose tiles differ twice as much does not
+    two = pd.DataFrame({"patient_id": np.repeat(["p", "q"], 6), "label": "tumor"})
+    tm = tile_moments(np.concatenate([tiles(0.1, 0.1, 6, 0.005), tiles(0.3, 0.1, 6, 0.005)]))
+    itself = colour_check(two, tm, two, tm)
+    h = itself["per_class"]["tumor"]["checks"]["H_spread"]
+    assert h["real_pooled"] > 5 * h["patients_max"] and h["extended"] and itself["passed"] is True
+    assert h["real_max"] == h["real_pooled"] == pytest.approx(h["generated"])
+    from histosynth.report.build import colour_html
+    html = colour_html(itself)
+    assert html.count("(to the pooled real tiles)") == 1 and f"{h['real_pooled']:.4f}" in html
+    wide = colour_check(two, tm, two, tile_moments(np.concatenate([tiles(0.05, 0.1, 6, 0.005),
+                                                                    tiles(0.45, 0.1, 6, 0.005)])))
+    assert "tumor H_spread" in wide["outside"] and "tumor H_mean" not in wide["outside"]
+    # the control weights a sample's rows by the tiles they stand for: 6 rows of a patient with 60 tiles
+    # and 6 of one with 6 pool as 60 to 6, not 1 to 1
+    wtd = colour_check(two, tm, two, tm, real_weights=np.repeat([10.0, 1.0], 6))
+    pooled = wtd["per_class"]["tumor"]["checks"]["H_mean"]["real_pooled"]
+    assert pooled == pytest.approx((10 * tm[:6, 0].mean() + tm[6:, 0].mean()) / 11)
     # one patient spans no range: reported, not judged
     one = colour_check(real.iloc[:6], rm[:6], pd.DataFrame({"label": ["tumor"] * 6}), tile_moments(tiles(0.05, 0.1, 6)))
     assert one["per_class"]["tumor"]["no_range"] and one["passed"] is True

@@ -74,7 +74,8 @@ def colour_fidelity(real, fake, by: str, seed: int = 0, per_patient: int = 200, 
     """histosynth.evaluate.colour's check of the generated tiles' HED colour statistics against
     the real patients' range, per value of `by`, on at most `per_patient` tiles of each real
     patient (fewer, down to 20, where the patients would give more than `max_real` tiles) and
-    `per_class` generated tiles of each value."""
+    `per_class` generated tiles of each value; the real tiles pooled, each patient weighted by its
+    share of the tiles, are the check's control."""
     import numpy as np
 
     from histosynth.evaluate.colour import colour_check, sample_rows, tile_moments
@@ -88,7 +89,10 @@ def colour_fidelity(real, fake, by: str, seed: int = 0, per_patient: int = 200, 
     def moments(index, chunk=512):  # tiles read a chunk at a time: 5,000 tiles of 256 px would be 1 GB at once
         return np.concatenate([tile_moments(load_tiles(index.iloc[i:i + chunk])) for i in range(0, len(index), chunk)])
 
-    res = colour_check(r, moments(r), f, moments(f), by)
+    # the pooled control's weights: each sampled row stands for its (value, patient) group's tiles in all
+    key = lambda t: t[by].astype(str) + "\0" + t["patient_id"].astype(str)  # noqa: E731
+    weights = key(r).map(key(real).value_counts() / key(r).value_counts()).to_numpy()
+    res = colour_check(r, moments(r), f, moments(f), by, weights)
     log.info("colour (HED mean and spread per class within the real patients' range): %s",
              "all within" if res["passed"] else "outside: " + ", ".join(res["outside"]))
     return res

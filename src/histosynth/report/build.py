@@ -132,11 +132,16 @@ def colour_html(colour: dict | None) -> str:
             continue
         for name, c in v["checks"].items():
             rows.append({"class": cls, "statistic": name.replace("_", " "), "generated": f"{c['generated']:.4f}",
-                         "real patients' range": f"{c['real_min']:.4f} - {c['real_max']:.4f}",
+                         "real patients' range": f"{c['real_min']:.4f} - {c['real_max']:.4f}"
+                         + (" (to the pooled real tiles)" if c.get("extended") else ""),
+                         "real tiles pooled": f"{c['real_pooled']:.4f}" if "real_pooled" in c else "-",
                          "within": "yes" if c["within"] else "NO"})
     return ("<h3>Colour</h3><p>Haematoxylin, eosin and DAB optical density (colour deconvolution): the mean and spread "
             "over the generated tiles' pixels of each class against the range over that class's real training "
-            "patients.</p>" + _table(rows, list(rows[0]) if rows else []))
+            "patients. The control: the class's real training tiles pooled as the generated tiles are (each patient "
+            "by its share of the tiles), which a generator that reproduced them would match; where a pooled spread "
+            "lies above every patient's own (it also holds the differences between patients), the range reaches "
+            "it.</p>" + _table(rows, list(rows[0]) if rows else []))
 
 
 def verdict_html(v: dict) -> str:
