@@ -286,6 +286,12 @@ def test_fidelity_verdict_says_in_words_whether_a_run_looks_real():
     colour = {"passed": False, "outside": ["tumor H_mean"]}
     v = fidelity_verdict(metrics(25.0, 20.0, {"normal": 30.0}), {"weak": 0.95}, colour)
     assert v["verdict"] == "not converged" and "tumor H_mean" in v["text"] and v["colour_within_range"] is False
+    # with the check's values, each statistic says how far it lies outside, the farthest first
+    ranged = {"passed": False, "outside": ["tumor H_mean", "tumor D_mean"], "per_class": {"tumor": {"checks": {
+        "H_mean": {"generated": 0.09, "real_min": 0.1, "real_max": 0.2},
+        "D_mean": {"generated": 0.011, "real_min": 0.0005, "real_max": 0.001}}}}}
+    v = fidelity_verdict(metrics(25.0, 20.0, {"normal": 30.0}), {"weak": 0.95}, ranged)
+    assert "(2 statistics: tumor D_mean 11.0x the highest, tumor H_mean 10% below)" in v["text"]
     v = fidelity_verdict(metrics(25.0, 20.0, {"normal": 30.0}), {"weak": 0.95}, {"passed": True, "outside": []})
     assert v["verdict"] == "close to real" and "colours within" in v["text"]
     assert fidelity_verdict(metrics(1.0, 0.0, {}), {"weak": 1.0})["verdict"] == "not comparable"

@@ -67,6 +67,27 @@ def concordance_warning(c: dict) -> str:
 VERDICT_FID_RATIO, VERDICT_CLASS_FID_RATIO, VERDICT_CONCORDANCE = 1.5, 2.0, 0.9
 
 
+def _colour_misses(colour: dict) -> list:
+    """The colour check's statistics outside their range, farthest first, each with how far from
+    the range's edge: a factor of the real patients' highest from 1.5x on, else a percentage."""
+    rows = []
+    for name in colour["outside"]:
+        cls, _, stat = name.partition(" ")
+        c = colour.get("per_class", {}).get(cls, {}).get("checks", {}).get(stat)
+        if not c:
+            rows.append((0.0, name))
+            continue
+        g, lo, hi = c["generated"], c["real_min"], c["real_max"]
+        if g > hi:
+            far = g / hi if hi > 0 else float("inf")
+            how = f"{far:.1f}x the highest" if far >= 1.5 else f"{far - 1:.0%} above"
+        else:
+            far = lo / g if g > 0 else float("inf")
+            how = f"{1 - g / lo:.0%} below" if lo > 0 else "below"
+        rows.append((far, f"{name} {how}"))
+    return [n for _, n in sorted(rows, key=lambda r: -r[0])]
+
+
 def fidelity_verdict(metrics: dict, concordance: dict, colour: dict | None = None) -> dict:
     """A run's verdict in words from its FID against the real-vs-real floor (domain extractor when
     computed, else the first), each class's FID against the class's own floor (the overall floor
@@ -98,7 +119,7 @@ def fidelity_verdict(metrics: dict, concordance: dict, colour: dict | None = Non
                         f"{VERDICT_CONCORDANCE:.0%})")
     colour_ok = None if not colour or "passed" not in colour else colour["passed"]
     if colour_ok is False:
-        out = colour["outside"]
+        out = _colour_misses(colour)
         problems.append(f"its colours leave the real patients' range ({len(out)} statistic{'s' if len(out) != 1 else ''}: "
                         + ", ".join(out[:4]) + (", ..." if len(out) > 4 else "") + ")")
     if problems:
