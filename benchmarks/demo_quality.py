@@ -16,6 +16,10 @@ real-vs-generated picture per run of the first seed.
 
     python benchmarks/demo_quality.py                      # seeds 0 1 2, 2 cores
     python benchmarks/demo_quality.py --seeds 0 --cores 2  # one seed
+    python benchmarks/demo_quality.py --set 'gan={kimg: 200, gpus: 1}'  # longer runs, on a GPU
+
+``--set KEY=YAML`` merges into the config as Snakemake's ``--config`` does (nested mappings key
+by key).
 """
 from __future__ import annotations
 
@@ -44,6 +48,23 @@ def snakemake(workdir: Path, cores: int, targets: list[str]) -> float:
     if r.returncode:
         sys.exit(f"snakemake failed in {workdir}: see {workdir / 'snakemake.log'}")
     return time.time() - t
+
+
+def merge(config: dict, overrides: list[str]) -> dict:
+    """`config` with each ``KEY=YAML`` of `overrides` merged in: mappings key by key (as Snakemake
+    merges ``--config`` into the config file), any other value replaced."""
+    def into(base: dict, new: dict) -> dict:
+        for k, v in new.items():
+            base[k] = into(dict(base[k]), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return base
+
+    out = json.loads(json.dumps(config))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            sys.exit(f"--set {item!r}: expected KEY=VALUE, e.g. --set 'gan={{kimg: 200}}'")
+        into(out, {key: yaml.safe_load(value)})
+    return out
 
 
 def targets(config: dict) -> tuple[list[str], list[str], str | None]:
@@ -126,8 +147,10 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--workdir", default=str(REPO / "benchmarks" / "out" / "demo_quality"))
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=YAML",
+                    help="config overrides, merged as Snakemake's --config: --set 'gan={kimg: 200, gpus: 1}'")
     a = ap.parse_args(argv)
-    base_cfg = yaml.safe_load(Path(a.config).read_text())
+    base_cfg = merge(yaml.safe_load(Path(a.config).read_text()), a.set)
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     results, first = {}, None

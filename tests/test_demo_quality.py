@@ -33,3 +33,17 @@ def test_demo_quality_figures_table_and_picture(e2e_workdir, tmp_path):
     img = np.asarray(Image.open(tmp_path / "p.png"))
     px = int(cfg["tiles"]["tile_px"])
     assert img.shape == (2 * 2 * px * 2, 4 * px * 2, 3)  # real over generated, per class, shown at 2x
+
+
+def test_overrides_merge_as_snakemake_merges_config():
+    from demo_quality import merge
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    out = merge(cfg, ["gan={kimg: 200, gpus: 1}", "classify={seeds: [0]}"])
+    assert out["gan"]["kimg"] == 200 and out["gan"]["gpus"] == 1 and out["gan"]["batch"] == cfg["gan"]["batch"]
+    assert out["classify"]["seeds"] == [0] and out["classify"]["steps"] == cfg["classify"]["steps"]
+    assert cfg["gan"]["kimg"] == 12  # the file's config is left as it was
+    import pytest
+
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        merge(cfg, ["gan.kimg"])
