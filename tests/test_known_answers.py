@@ -292,6 +292,9 @@ def test_fidelity_verdict_says_in_words_whether_a_run_looks_real():
         "D_mean": {"generated": 0.011, "real_min": 0.0005, "real_max": 0.001}}}}}
     v = fidelity_verdict(metrics(25.0, 20.0, {"normal": 30.0}), {"weak": 0.95}, ranged)
     assert "(2 statistics: tumor D_mean 11.0x the highest, tumor H_mean 10% below)" in v["text"]
+    ranged["per_class"]["tumor"]["checks"]["D_mean"].update(generated=-0.0025, real_min=-0.0005)
+    v = fidelity_verdict(metrics(25.0, 20.0, {"normal": 30.0}), {"weak": 0.95}, ranged)
+    assert "(2 statistics: tumor D_mean 0.0020 below, tumor H_mean 10% below)" in v["text"]
     v = fidelity_verdict(metrics(25.0, 20.0, {"normal": 30.0}), {"weak": 0.95}, {"passed": True, "outside": []})
     assert v["verdict"] == "close to real" and "colours within" in v["text"]
     assert fidelity_verdict(metrics(1.0, 0.0, {}), {"weak": 1.0})["verdict"] == "not comparable"

@@ -78,12 +78,13 @@ def _colour_misses(colour: dict) -> list:
             rows.append((0.0, name))
             continue
         g, lo, hi = c["generated"], c["real_min"], c["real_max"]
-        if g > hi:
-            far = g / hi if hi > 0 else float("inf")
-            how = f"{far:.1f}x the highest" if far >= 1.5 else f"{far - 1:.0%} above"
-        else:
-            far = lo / g if g > 0 else float("inf")
-            how = f"{1 - g / lo:.0%} below" if lo > 0 else "below"
+        edge = hi if g > hi else lo
+        if edge > 0 and g > 0:  # optical densities: a factor or a percentage of the edge
+            far = g / edge if g > hi else edge / g
+            how = (f"{far:.1f}x the highest" if far >= 1.5 else f"{far - 1:.0%} above") if g > hi \
+                else f"{1 - g / edge:.0%} below"
+        else:  # an edge or value at or below zero (DAB residual): the difference itself
+            far, how = float("inf"), f"{abs(g - edge):.4f} {'above' if g > hi else 'below'}"
         rows.append((far, f"{name} {how}"))
     return [n for _, n in sorted(rows, key=lambda r: -r[0])]
 
