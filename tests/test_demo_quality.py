@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -43,7 +44,5 @@ def test_overrides_merge_as_snakemake_merges_config():
     assert out["gan"]["kimg"] == 200 and out["gan"]["gpus"] == 1 and out["gan"]["batch"] == cfg["gan"]["batch"]
     assert out["classify"]["seeds"] == [0] and out["classify"]["steps"] == cfg["classify"]["steps"]
     assert cfg["gan"]["kimg"] == 12  # the file's config is left as it was
-    import pytest
-
     with pytest.raises(SystemExit, match="expected KEY=VALUE"):
         merge(cfg, ["gan.kimg"])
